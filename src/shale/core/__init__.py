@@ -1,0 +1,1 @@
+"""The core: database handle, transactions, selectors, retries."""

@@ -1,0 +1,217 @@
+"""The database handle: opening by URL, transactions, the retry loop, watches."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+from shale.core.retry import Backoff, FullJitterBackoff
+from shale.core.transaction import Transaction
+from shale.engines.base import Engine, KeyRange
+from shale.engines.options import window_option
+from shale.engines.registry import Registry, default_registry
+from shale.errors import CommitUnknownResult, RetryableError, UsageError
+
+__all__ = ["DEFAULT_URL", "Database", "open", "transactional"]
+
+DEFAULT_URL = "sqlite:///shale.db"
+"""Where ``open()`` goes without a URL or ``SHALE_URL``: a file in the
+current directory."""
+
+DEFAULT_RETRIES = 10
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Database:
+    """An open database. Create it with ``await shale.open(url)``; close it
+    with ``await db.close()`` or ``async with``."""
+
+    def __init__(self, engine: Engine, url: str, max_transaction_age: float) -> None:
+        self.engine = engine
+        self.url = url
+        self.max_transaction_age = max_transaction_age
+        self._watches: dict[bytes, list[tuple[bytes | None, asyncio.Future[None]]]] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<shale.Database {self.url!r}>"
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Finish pending commits and release the engine; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for watchers in self._watches.values():
+            for _, future in watchers:
+                if not future.done():
+                    future.cancel()
+        self._watches.clear()
+        await self.engine.close()
+
+    def transaction(self) -> Transaction:
+        """A new transaction; ``async with db.transaction() as tr:`` commits it
+        when the block ends cleanly and abandons it on an exception."""
+        if self._closed:
+            raise UsageError("the database is closed")
+        return Transaction(self)
+
+    create_transaction = transaction
+
+    async def transact(
+        self,
+        fn: Callable[Concatenate[Transaction, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run ``fn(tr, *args, **kwargs)`` in a transaction and commit it,
+        retrying on ``RetryableError`` up to ``DEFAULT_RETRIES`` times with
+        full-jitter exponential backoff. ``fn`` may run more than once, so
+        its effects outside the transaction must be idempotent. Use
+        ``run(fn, retries=..., backoff=...)`` to choose the policy.
+        """
+        return await self.run(fn, *args, **kwargs)  # type: ignore[arg-type]
+
+    async def run(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        retries: int = DEFAULT_RETRIES,
+        backoff: Backoff | None = None,
+        idempotent: bool = False,
+        **kwargs: Any,
+    ) -> T:
+        """``transact`` with an explicit policy.
+
+        ``retries``: how many times to retry after the first attempt.
+        ``idempotent``: also retry ``CommitUnknownResult``, where the commit
+        may already have been applied; only safe if running ``fn`` twice is.
+        """
+        if retries < 0:
+            raise UsageError(f"retries must be >= 0, not {retries}")
+        strategy = backoff or FullJitterBackoff()
+        attempt = 0
+        while True:
+            tr = self.transaction()
+            try:
+                result = await fn(tr, *args, **kwargs)
+                await tr.commit()
+                return result
+            except RetryableError as exc:
+                tr.close()
+                if isinstance(exc, CommitUnknownResult) and not idempotent:
+                    raise
+                attempt += 1
+                if attempt > retries:
+                    exc.add_note(f"gave up after {attempt} attempts")
+                    raise
+                await asyncio.sleep(strategy.delay(attempt))
+            except BaseException:
+                tr.close()
+                raise
+
+    async def get(self, key: bytes) -> bytes | None:
+        """Read one key in its own transaction."""
+        async with self.transaction() as tr:
+            return await tr.get(key)
+
+    async def set(self, key: bytes, value: bytes) -> None:
+        """Write one key in its own transaction."""
+        async with self.transaction() as tr:
+            tr.set(key, value)
+
+    async def clear(self, key: bytes) -> None:
+        """Remove one key in its own transaction."""
+        async with self.transaction() as tr:
+            tr.clear(key)
+
+    # -- watches: fired by commits made through this handle ---------------
+
+    def _add_watch(self, key: bytes, seen: bytes | None, future: asyncio.Future[None]) -> None:
+        if future.done():
+            return
+        self._watches.setdefault(key, []).append((seen, future))
+        self._notify_watches((key,), ())
+
+    def _notify_watches(self, keys: Iterable[bytes], ranges: Iterable[KeyRange]) -> None:
+        if not self._watches:
+            return
+        touched = {k for k in keys if k in self._watches}
+        for begin, end in ranges:
+            touched.update(k for k in self._watches if begin <= k < end)
+        if touched:
+            asyncio.ensure_future(self._fire(touched))
+
+    async def _fire(self, keys: set[bytes]) -> None:
+        snap = await self.engine.snapshot()
+        try:
+            for key in keys:
+                current = await snap.get(key)
+                remaining = []
+                for seen, future in self._watches.get(key, ()):
+                    if future.done():
+                        continue
+                    if current != seen:
+                        future.set_result(None)
+                    else:
+                        remaining.append((seen, future))
+                if remaining:
+                    self._watches[key] = remaining
+                else:
+                    self._watches.pop(key, None)
+        finally:
+            snap.release()
+
+
+def _split_options(url: str) -> tuple[str, dict[str, str]]:
+    parts = urlsplit(url)
+    return url, dict(parse_qsl(parts.query, keep_blank_values=True))
+
+
+async def open(
+    url: str | None = None, *, registry: Registry | None = None, **options: object
+) -> Database:
+    """Open the database at ``url``.
+
+    Without a URL, ``SHALE_URL`` is used if set, else ``sqlite:///shale.db``
+    in the current directory. Options come from the URL's query string
+    (``sqlite:///app.db?synchronous=normal``) and keyword arguments, which
+    win. ``max_transaction_age`` (seconds, default 5) applies to every
+    engine.
+    """
+    url = url or os.environ.get("SHALE_URL") or DEFAULT_URL
+    url, from_query = _split_options(url)
+    merged: Mapping[str, object] = {**from_query, **options}
+    window = window_option(merged)
+    engine_class = (registry or default_registry()).engine_class(url)
+    engine = await engine_class.open(url, merged)
+    return Database(engine, url, window)
+
+
+def transactional(
+    fn: Callable[Concatenate[Transaction, P], Awaitable[T]],
+) -> Callable[Concatenate[Database | Transaction, P], Awaitable[T]]:
+    """Decorate ``async def fn(tr, ...)`` so it takes a database or a
+    transaction. Given a database, it runs in a new, retried transaction;
+    given a transaction, it joins it and does not commit (so transactional
+    functions compose, as in FoundationDB's bindings)."""
+
+    async def wrapper(db_or_tr: Database | Transaction, *args: P.args, **kwargs: P.kwargs) -> T:
+        if isinstance(db_or_tr, Transaction):
+            return await fn(db_or_tr, *args, **kwargs)
+        return await db_or_tr.transact(fn, *args, **kwargs)
+
+    wrapper.__name__ = getattr(fn, "__name__", "transactional")
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+    return wrapper

@@ -1,0 +1,1 @@
+"""Storage engines and their contract (see ``shale.engines.base``)."""

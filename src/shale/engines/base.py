@@ -1,0 +1,203 @@
+"""The engine contract: what a storage engine must do for the core.
+
+An engine is an ordered map of ``bytes`` to ``bytes`` with versioned
+snapshot reads and a conflict-checked atomic commit. Everything else —
+read-your-writes, key selectors, limits, retries, watches — is done by the
+core above it, so an engine stays small. The conformance suite in
+``shale.testing`` is the contract's executable definition: an engine that
+passes it is an engine.
+
+Versions are integers that strictly increase with every committed batch and
+never go back, also across close and reopen. A versionstamp is the commit
+version (8 bytes, big-endian) followed by the order of the transaction
+within its batch (2 bytes, big-endian).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol, runtime_checkable
+
+__all__ = [
+    "Capabilities",
+    "CommitRequest",
+    "CommitResult",
+    "Engine",
+    "EngineSnapshot",
+    "KeyRange",
+    "Mutation",
+    "MutationType",
+]
+
+KeyRange = tuple[bytes, bytes]
+"""A half-open range ``[begin, end)`` of keys."""
+
+
+class MutationType(enum.IntEnum):
+    """What a mutation does. Atomic ops take the stored value at commit time."""
+
+    SET = 0
+    CLEAR = 1
+    CLEAR_RANGE = 2
+    ADD = 3
+    BIT_AND = 4
+    BIT_OR = 5
+    BIT_XOR = 6
+    APPEND_IF_FITS = 7
+    MAX = 8
+    MIN = 9
+    BYTE_MAX = 10
+    BYTE_MIN = 11
+    COMPARE_AND_CLEAR = 12
+    SET_VERSIONSTAMPED_KEY = 13
+    SET_VERSIONSTAMPED_VALUE = 14
+
+
+Mutation = tuple[MutationType, bytes, bytes]
+"""``(type, key, param)``. For ``CLEAR`` the param is empty; for ``CLEAR_RANGE``
+the key is the range's begin and the param its end."""
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What an engine offers natively; conformance tests read these to decide
+    what applies.
+
+    ``durable``: a commit survives a crash of the process once it returns.
+    ``persistent``: data survives close and reopen.
+    ``multi_process``: several processes may open the same database at once.
+    ``old_snapshots``: ``snapshot(version)`` serves any version still inside
+    the MVCC window, not only ones another transaction holds open.
+    """
+
+    durable: bool = False
+    persistent: bool = False
+    multi_process: bool = False
+    old_snapshots: bool = True
+
+
+@dataclass(slots=True)
+class CommitRequest:
+    """One transaction's commit, as the core hands it to the engine.
+
+    ``mutations`` are applied in order. The conflict sets are complete: the
+    engine must not derive more from the mutations (versionstamped keys aside,
+    which only the engine can know). ``read_keys``/``read_ranges`` are what
+    the transaction read outside snapshot reads; the commit fails with
+    ``ConflictError`` if any of them was written by a commit whose version is
+    greater than ``read_version``.
+    """
+
+    read_version: int
+    mutations: Sequence[Mutation]
+    read_keys: frozenset[bytes] | set[bytes] = field(default_factory=set)
+    read_ranges: Sequence[KeyRange] = ()
+    write_keys: frozenset[bytes] | set[bytes] = field(default_factory=set)
+    write_ranges: Sequence[KeyRange] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """Where a commit landed: its version and its order within the batch."""
+
+    version: int
+    batch_order: int
+
+    @property
+    def versionstamp(self) -> bytes:
+        """The 10-byte versionstamp of the commit."""
+        return self.version.to_bytes(8, "big") + self.batch_order.to_bytes(2, "big")
+
+
+@runtime_checkable
+class EngineSnapshot(Protocol):
+    """A consistent read view of the database at ``read_version``.
+
+    Reads never see a commit with a version above ``read_version``. A
+    snapshot is released by ``release()``; reading a released snapshot, or
+    one older than the engine's MVCC window, raises ``TransactionTooOld``.
+    """
+
+    @property
+    def read_version(self) -> int:
+        """The version every read of this snapshot observes."""
+        ...
+
+    async def get(self, key: bytes) -> bytes | None:
+        """The value of ``key``, or ``None`` if absent.
+
+        Raises:
+            TransactionTooOld: the snapshot is no longer readable.
+        """
+        ...
+
+    async def get_range(
+        self, begin: bytes, end: bytes, limit: int, reverse: bool
+    ) -> list[tuple[bytes, bytes]]:
+        """Pairs with ``begin <= key < end`` in key order (descending if
+        ``reverse``), at most ``limit`` of them (``0`` means no limit).
+
+        Raises:
+            TransactionTooOld: the snapshot is no longer readable.
+        """
+        ...
+
+    def release(self) -> None:
+        """Give the snapshot back; idempotent."""
+        ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A storage engine, opened from a URL by the registry.
+
+    Guarantees an engine must give:
+
+    - commits are atomic: all of a request's mutations or none;
+    - ``commit`` returns only once the commit is durable if
+      ``capabilities.durable``;
+    - a commit whose reads overlap a write of a later commit fails with
+      ``ConflictError`` and writes nothing (strict serializability);
+    - versions strictly increase, across close and reopen if persistent;
+    - no driver exception escapes: each engine maps its driver's errors to
+      ``shale.errors`` in one place.
+    """
+
+    scheme: ClassVar[str]
+    capabilities: Capabilities
+
+    @classmethod
+    async def open(cls, url: str, options: Mapping[str, str]) -> Engine:
+        """Open the database that ``url`` names.
+
+        Raises:
+            EngineError: the URL is malformed, the database is locked by
+                another process, or its format is too new.
+        """
+        ...
+
+    async def snapshot(self, version: int | None = None) -> EngineSnapshot:
+        """A snapshot at ``version``, or at the latest committed version.
+
+        Raises:
+            TransactionTooOld: ``version`` is older than the engine can serve.
+            ReadVersionError: ``version`` is in the future.
+        """
+        ...
+
+    async def commit(self, request: CommitRequest) -> CommitResult:
+        """Check ``request`` for conflicts and apply it atomically.
+
+        Raises:
+            ConflictError: a read of the request was overwritten later.
+            TransactionTooOld: ``read_version`` is outside the MVCC window.
+            CommitUnknownResult: the outcome cannot be known.
+            ReadOnlyError: the database is read-only.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release every resource; idempotent. Pending commits finish first."""
+        ...

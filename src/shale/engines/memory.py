@@ -1,0 +1,182 @@
+"""``memory://`` — the reference engine and test oracle.
+
+Small and obviously correct rather than fast: a sorted list of keys and,
+per key, its versions as a list of ``(version, value-or-None)``. Nothing is
+persisted. Conflicts are checked by the shared in-process resolver, so this
+engine behaves, commit for commit, like the SQLite engine does.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+from typing import ClassVar
+
+from shale.engines.atomic import apply_atomic
+from shale.engines.base import (
+    Capabilities,
+    CommitRequest,
+    CommitResult,
+    Mutation,
+    MutationType,
+)
+from shale.engines.local import GroupCommitter, Resolver
+from shale.engines.options import window_option
+from shale.errors import ReadVersionError, TransactionTooOld
+
+__all__ = ["MemoryEngine"]
+
+
+class MemorySnapshot:
+    """A read view of a ``MemoryEngine`` at one version."""
+
+    __slots__ = ("_engine", "_released", "read_version")
+
+    def __init__(self, engine: MemoryEngine, version: int) -> None:
+        self._engine = engine
+        self.read_version = version
+        self._released = False
+
+    def _check(self) -> None:
+        if self._released or self.read_version < self._engine.floor:
+            raise TransactionTooOld(
+                f"snapshot at version {self.read_version} is no longer readable"
+            )
+
+    async def get(self, key: bytes) -> bytes | None:
+        self._check()
+        return self._engine.value_at(key, self.read_version)
+
+    async def get_range(
+        self, begin: bytes, end: bytes, limit: int, reverse: bool
+    ) -> list[tuple[bytes, bytes]]:
+        self._check()
+        return self._engine.range_at(begin, end, limit, reverse, self.read_version)
+
+    def release(self) -> None:
+        self._released = True
+
+
+class MemoryEngine:
+    """An in-process, multi-version ordered map. See the module docstring."""
+
+    scheme: ClassVar[str] = "memory"
+    capabilities = Capabilities(durable=False, persistent=False, multi_process=False)
+
+    def __init__(self, window: float) -> None:
+        self._keys: list[bytes] = []
+        self._versions: dict[bytes, list[tuple[int, bytes | None]]] = {}
+        self._tombstones = 0
+        self._committer = GroupCommitter(Resolver(window), self._apply, version=0)
+
+    @classmethod
+    async def open(cls, url: str, options: Mapping[str, object]) -> MemoryEngine:
+        return cls(window_option(options))
+
+    @property
+    def floor(self) -> int:
+        return self._committer.resolver.floor
+
+    async def snapshot(self, version: int | None = None) -> MemorySnapshot:
+        latest = self._committer.version
+        if version is None:
+            return MemorySnapshot(self, latest)
+        if version > latest:
+            raise ReadVersionError(f"version {version} is in the future (latest: {latest})")
+        if version < self.floor:
+            raise TransactionTooOld(f"version {version} is older than the MVCC window")
+        return MemorySnapshot(self, version)
+
+    async def commit(self, request: CommitRequest) -> CommitResult:
+        return await self._committer.commit(request)
+
+    async def close(self) -> None:
+        await self._committer.drain()
+
+    def value_at(self, key: bytes, version: int) -> bytes | None:
+        history = self._versions.get(key)
+        if history is None:
+            return None
+        for at, value in reversed(history):
+            if at <= version:
+                return value
+        return None
+
+    def range_at(
+        self, begin: bytes, end: bytes, limit: int, reverse: bool, version: int
+    ) -> list[tuple[bytes, bytes]]:
+        lo = bisect.bisect_left(self._keys, begin)
+        hi = bisect.bisect_left(self._keys, end, lo)
+        indexes = range(hi - 1, lo - 1, -1) if reverse else range(lo, hi)
+        out: list[tuple[bytes, bytes]] = []
+        for i in indexes:
+            key = self._keys[i]
+            value = self.value_at(key, version)
+            if value is not None:
+                out.append((key, value))
+                if len(out) == limit:
+                    break
+        return out
+
+    async def _apply(self, version: int, batch: list[list[Mutation]]) -> None:
+        for mutations in batch:
+            for op, key, param in mutations:
+                self._apply_one(version, op, key, param)
+        if self._tombstones > 1024 and self._tombstones * 2 > len(self._keys):
+            self._sweep()
+
+    def _apply_one(self, version: int, op: MutationType, key: bytes, param: bytes) -> None:
+        if op is MutationType.SET:
+            self._write(version, key, param)
+        elif op is MutationType.CLEAR:
+            self._write(version, key, None)
+        elif op is MutationType.CLEAR_RANGE:
+            lo = bisect.bisect_left(self._keys, key)
+            hi = bisect.bisect_left(self._keys, param, lo)
+            for victim in self._keys[lo:hi]:
+                self._write(version, victim, None)
+        else:
+            self._write(version, key, apply_atomic(op, self.value_at(key, version), param))
+
+    def _write(self, version: int, key: bytes, value: bytes | None) -> None:
+        history = self._versions.get(key)
+        if history is None:
+            if value is None:
+                return
+            bisect.insort(self._keys, key)
+            self._versions[key] = [(version, value)]
+            return
+        if history[-1][1] is None and value is not None:
+            self._tombstones -= 1
+        elif history[-1][1] is not None and value is None:
+            self._tombstones += 1
+        if history[-1][0] == version:
+            history[-1] = (version, value)
+        else:
+            history.append((version, value))
+        self._prune(history)
+
+    def _prune(self, history: list[tuple[int, bytes | None]]) -> None:
+        """Drop versions no snapshot can read any more: all but the newest at
+        or below the floor."""
+        floor = self.floor
+        keep = 0
+        for i, (at, _) in enumerate(history):
+            if at <= floor:
+                keep = i
+        if keep:
+            del history[:keep]
+
+    def _sweep(self) -> None:
+        """Forget keys whose only readable state is "absent"."""
+        floor = self.floor
+        live: list[bytes] = []
+        for key in self._keys:
+            history = self._versions[key]
+            self._prune(history)
+            if len(history) == 1 and history[0][1] is None and history[0][0] <= floor:
+                del self._versions[key]
+            else:
+                live.append(key)
+        self._keys = live
+        self._tombstones = sum(1 for k in live if self._versions[k][-1][1] is None)

@@ -1,0 +1,135 @@
+"""Shale's exceptions: one tree, one root, one retryable marker.
+
+::
+
+    ShaleError
+    ├── RetryableError                 safe to retry the whole transaction
+    │   ├── ConflictError              a read was overwritten by a later commit
+    │   ├── TransactionTooOld          the read version fell out of the MVCC window
+    │   └── CommitUnknownResult        the commit may or may not have happened
+    ├── LimitError                     a documented limit was breached; nothing written
+    │   ├── KeyTooLarge
+    │   ├── ValueTooLarge
+    │   └── TransactionTooLarge
+    ├── UsageError                     the program is wrong; retrying will not help
+    │   ├── KeyOutsideLegalRange       a user write to the 0xFF system keyspace
+    │   ├── InvertedRange
+    │   ├── TransactionStateError      used after commit, reset or close
+    │   ├── ReadVersionError           read version set twice, or in the future
+    │   └── AccessedUnreadable         reading a key a versionstamp op will write
+    └── EngineError                    the storage below failed or refused
+        ├── UnknownEngineError         no engine serves that URL scheme
+        ├── DatabaseLockedError        another process holds the database
+        ├── FormatVersionError         the file was written by a newer Shale
+        └── ReadOnlyError              the database was opened read-only
+
+``RetryableError`` is the only marker the retry loop looks at: anything else
+propagates at once. ``CommitUnknownResult`` is retryable only for idempotent
+transaction bodies (see ``Database.transact``). The compatibility layer
+``shale.found`` maps these classes to FoundationDB error codes in one place.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessedUnreadable",
+    "CommitUnknownResult",
+    "ConflictError",
+    "DatabaseLockedError",
+    "EngineError",
+    "FormatVersionError",
+    "InvertedRange",
+    "KeyOutsideLegalRange",
+    "KeyTooLarge",
+    "LimitError",
+    "ReadOnlyError",
+    "ReadVersionError",
+    "RetryableError",
+    "ShaleError",
+    "TransactionStateError",
+    "TransactionTooLarge",
+    "TransactionTooOld",
+    "UnknownEngineError",
+    "UsageError",
+    "ValueTooLarge",
+]
+
+
+class ShaleError(Exception):
+    """Root of every error Shale raises on purpose."""
+
+
+class RetryableError(ShaleError):
+    """The transaction did not commit (or may not have); running it again is safe."""
+
+
+class ConflictError(RetryableError):
+    """A key or range this transaction read was written by a later commit."""
+
+
+class TransactionTooOld(RetryableError):
+    """The transaction outlived the engine's version window (5 s by default)."""
+
+
+class CommitUnknownResult(RetryableError):
+    """The commit's outcome is unknown: it may have been applied."""
+
+
+class LimitError(ShaleError):
+    """A size limit was breached; the transaction will not write anything."""
+
+
+class KeyTooLarge(LimitError):
+    """A key is longer than the 10,000-byte limit."""
+
+
+class ValueTooLarge(LimitError):
+    """A value is longer than the 100,000-byte limit."""
+
+
+class TransactionTooLarge(LimitError):
+    """The transaction's writes exceed the 10 MB limit."""
+
+
+class UsageError(ShaleError):
+    """The API was called in a way that can never succeed."""
+
+
+class KeyOutsideLegalRange(UsageError):
+    """A key in the 0xFF system keyspace was used without system access."""
+
+
+class InvertedRange(UsageError):
+    """A range whose begin sorts after its end."""
+
+
+class TransactionStateError(UsageError):
+    """A transaction was used after it committed, failed, was reset or closed."""
+
+
+class ReadVersionError(UsageError):
+    """The read version was set twice, set after reads began, or is in the future."""
+
+
+class AccessedUnreadable(UsageError):
+    """A read touched a key or value that a versionstamp operation will write."""
+
+
+class EngineError(ShaleError):
+    """The storage engine failed or refused the operation."""
+
+
+class UnknownEngineError(EngineError, ValueError):
+    """No installed engine serves the URL's scheme."""
+
+
+class DatabaseLockedError(EngineError):
+    """Another process holds the database open."""
+
+
+class FormatVersionError(EngineError):
+    """The stored format is newer than this version of Shale can read."""
+
+
+class ReadOnlyError(EngineError):
+    """The database was opened read-only (for example a newer minor format)."""
