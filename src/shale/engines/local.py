@@ -76,14 +76,17 @@ class Resolver:
         self._history: deque[_Writes] = deque()
 
     def check(self, request: CommitRequest) -> None:
-        """Raise if ``request`` read anything written after its read version."""
+        """Raise if ``request`` read anything written after its read version.
+
+        A transaction that read nothing cannot conflict, however old.
+        """
+        if not (request.read_keys or request.read_ranges):
+            return
         if request.read_version < self.floor:
             raise TransactionTooOld(
                 f"read version {request.read_version} is older than the "
                 f"{self.window:g} s window (oldest checkable: {self.floor})"
             )
-        if not (request.read_keys or request.read_ranges):
-            return
         for writes in reversed(self._history):
             if writes.version <= request.read_version:
                 break
