@@ -139,6 +139,9 @@ class GroupCommitter:
         self._apply = apply
         self._queue: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.batches = 0
+        """Engine writes so far; with ``commits``, shows how well commits group."""
+        self.commits = 0
 
     async def commit(self, request: CommitRequest) -> CommitResult:
         future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
@@ -188,6 +191,8 @@ class GroupCommitter:
                 raise
             return
         self.version = version
+        self.batches += 1
+        self.commits += len(accepted)
         for pending, order in accepted:
             if not pending.future.done():
                 pending.future.set_result(CommitResult(version, order))

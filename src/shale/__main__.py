@@ -1,0 +1,7 @@
+"""``python -m shale``: the command line."""
+
+import sys
+
+from shale.cli import main
+
+sys.exit(main())
