@@ -48,6 +48,7 @@ LOAD_TARGET = 0.6
 """Shale on SQLite / raw sqlite3, for load, point reads and scans."""
 GROUP_TARGET = 5.0
 """32 concurrent committers / 1 committer, on Shale's SQLite engine."""
+RAW = "raw sqlite3"
 
 _RAW_SCHEMA = "CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID"
 _UPSERT = "INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)"
@@ -274,10 +275,10 @@ def _rows(
     for key, operation in _OPERATIONS:
         ratio: float | None = None
         target: float | None = None
-        reference = "raw sqlite3"
+        reference = RAW
         if key == "commit_32":
             ratio, target = on_sqlite[key] / on_sqlite["commit_1"], GROUP_TARGET
-            reference = "Shale sqlite, 1 writer"
+            reference = "1 writer"
         elif key in raw:
             ratio = on_sqlite[key] / raw[key]
             target = None if key == "commit_1" else LOAD_TARGET
@@ -300,26 +301,21 @@ def _rate(value: object) -> str:
     return "—" if value is None else f"{value:,.0f}"
 
 
-def _times(value: object) -> str:
-    return "—" if value is None else f"{value:.2f}×"
-
-
 def markdown(rows: list[dict[str, object]]) -> str:
     """The rows as a Markdown table (throughputs in items per second)."""
     lines = [
         "| operation | raw sqlite3 (items/s) | Shale sqlite (items/s) "
-        "| Shale memory (items/s) | ratio | target | met? |",
+        "| Shale memory (items/s) | ratio (Shale sqlite / raw) | target | met? |",
         "|---|--:|--:|--:|--:|--:|:-:|",
     ]
     for row in rows:
-        ratio = row["ratio"]
-        target = row["target"]
-        of = f" of {row['ratio_of']}"
+        versus = "" if row["ratio_of"] == RAW else f" vs {row['ratio_of']}"
+        ratio = "—" if row["ratio"] is None else f"{row['ratio']:.2f}×{versus}"
+        target = "—" if row["target"] is None else f"≥ {row['target']:.2f}×{versus}"
         met = "—" if row["met"] is None else "yes" if row["met"] else "**no**"
         lines.append(
             f"| {row['operation']} | {_rate(row['raw_sqlite3'])} | {_rate(row['shale_sqlite'])} "
-            f"| {_rate(row['shale_memory'])} | {_times(ratio)}{of if ratio is not None else ''} "
-            f"| {'—' if target is None else '≥ ' + _times(target)} | {met} |"
+            f"| {_rate(row['shale_memory'])} | {ratio} | {target} | {met} |"
         )
     return "\n".join(lines)
 

@@ -587,6 +587,11 @@ class Transaction:
             self._stamp = asyncio.get_running_loop().create_future()
         return self._stamp
 
+    @property
+    def approximate_size(self) -> int:
+        """Bytes of writes so far, as counted against the 10 MB limit."""
+        return self._size
+
     # -- conflicts -------------------------------------------------------
 
     def add_read_conflict_range(self, begin: bytes, end: bytes) -> None:
@@ -663,6 +668,8 @@ class Transaction:
                     UsageError("the transaction wrote nothing, so it has no versionstamp")
                 )
             return -1
+        if self._snapshot is None and (self._read_keys or self._read_ranges):
+            await self._acquire()  # manual read conflicts need a version to check against
         if self._snapshot is not None and time.monotonic() - self._started > self._max_age:
             raise TransactionTooOld(f"the transaction is older than {self._max_age:g} s; retry it")
         request = CommitRequest(

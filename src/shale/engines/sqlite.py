@@ -69,13 +69,17 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def _error(path: str, exc: sqlite3.Error) -> EngineError:
+    """The one place ``sqlite3`` errors become Shale errors."""
+    return EngineError(f"sqlite error on {path}: {exc}")
+
+
 @contextlib.contextmanager
 def _mapped(path: str) -> Iterator[None]:
-    """The one place ``sqlite3`` errors become Shale errors."""
     try:
         yield
     except sqlite3.Error as exc:
-        raise EngineError(f"sqlite error on {path}: {exc}") from exc
+        raise _error(path, exc) from exc
 
 
 def sqlite_path(url: str) -> str:
@@ -128,8 +132,10 @@ class SQLiteSnapshot:
 
     async def get(self, key: bytes) -> bytes | None:
         conn = self._conn()
-        with _mapped(self._engine.path):
+        try:
             row = conn.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:  # inline, not _mapped: this is the hottest path
+            raise _error(self._engine.path, exc) from exc
         return None if row is None else row[0]  # type: ignore[no-any-return]
 
     async def get_range(

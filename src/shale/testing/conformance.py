@@ -297,6 +297,11 @@ class ConformanceSuite:
         await other.commit()
         with pytest.raises(shale.ConflictError):
             await tr.commit()
+        unread = db.transaction()
+        unread.add_read_conflict_key(b"lock/a")
+        unread.set(b"after", b"1")
+        await unread.commit()
+        assert await db.get(b"after") == b"1"
 
     async def test_read_only_and_blind_writes_do_not_conflict(self, db: Database) -> None:
         reader = db.transaction()

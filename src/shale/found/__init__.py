@@ -1,0 +1,194 @@
+"""``shale.found``: asyncio-foundationdb's API (``import found``) over Shale.
+
+Code written for found runs after ``import found`` becomes
+``import shale.found as found`` and ``found.open()`` gets a Shale URL
+instead of a cluster file::
+
+    import shale.found as found
+
+    db = await found.open("sqlite:////var/lib/app/app.db")
+
+    async def hello(tx):
+        await found.set(tx, b"hello", b"world")
+        return await found.get(tx, b"hello")
+
+    assert await found.transactional(db, hello) == b"world"
+    await found.close(db)
+
+Differences from found (``docs/found.md`` has the full list): retries are
+bounded (``DEFAULT_RETRY_LIMIT``), size and range errors raise at the
+offending write rather than at commit, watches see changes committed
+through the same database handle, and ``estimated_size_bytes`` scans.
+
+Modules: ``errors`` (exceptions, codes, the Shale-to-code seam),
+``transaction`` (handles, options, retry loop), ``ops`` (operations on a
+transaction), ``helpers`` (``co``, ``all``, ``limit``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from shale.core.selectors import KeySelector
+from shale.found.errors import (
+    ERROR_PREDICATE_MAYBE_COMMITTED,
+    ERROR_PREDICATE_RETRYABLE,
+    ERROR_PREDICATE_RETRYABLE_NOT_COMMITTED,
+    BaseFoundException,
+    FoundException,
+    error_predicate,
+)
+from shale.found.helpers import all, co, limit
+from shale.found.ops import (
+    CONFLICT_RANGE_TYPE_READ,
+    CONFLICT_RANGE_TYPE_WRITE,
+    STREAMING_MODE_EXACT,
+    STREAMING_MODE_ITERATOR,
+    STREAMING_MODE_LARGE,
+    STREAMING_MODE_MEDIUM,
+    STREAMING_MODE_SERIAL,
+    STREAMING_MODE_SMALL,
+    STREAMING_MODE_WANT_ALL,
+    add,
+    add_conflict_range,
+    append_if_fits,
+    bit_and,
+    bit_or,
+    bit_xor,
+    byte_max,
+    byte_min,
+    clear,
+    compare_and_clear,
+    estimated_size_bytes,
+    get,
+    get_client_version,
+    get_key,
+    get_range_split_points,
+    get_versionstamp,
+    gt,
+    gte,
+    lt,
+    lte,
+    max,
+    min,
+    next_prefix,
+    query,
+    read_version,
+    set,
+    set_read_version,
+    set_versionstamped_key,
+    set_versionstamped_value,
+    watch,
+)
+from shale.found.transaction import (
+    DEFAULT_RETRY_LIMIT,
+    Database,
+    Hooks,
+    Transaction,
+    TransactionStats,
+    cancel,
+    close,
+    commit,
+    database_set_option,
+    get_approximate_size,
+    get_committed_version,
+    make_hooks,
+    make_transaction,
+    on_error,
+    open,
+    reset,
+    set_option,
+    transaction,
+    transactional,
+)
+from shale.tuple import (
+    Versionstamp,
+    has_incomplete_versionstamp,
+    pack,
+    pack_with_versionstamp,
+    unpack,
+)
+
+# found's informational limits; Shale enforces the same values.
+MAX_SIZE_TRANSACTION: Final = 10**7
+MAX_SIZE_KEY: Final = 10**4
+MAX_SIZE_VALUE: Final = 10**5
+
+__all__ = [
+    "CONFLICT_RANGE_TYPE_READ",
+    "CONFLICT_RANGE_TYPE_WRITE",
+    "DEFAULT_RETRY_LIMIT",
+    "ERROR_PREDICATE_MAYBE_COMMITTED",
+    "ERROR_PREDICATE_RETRYABLE",
+    "ERROR_PREDICATE_RETRYABLE_NOT_COMMITTED",
+    "MAX_SIZE_KEY",
+    "MAX_SIZE_TRANSACTION",
+    "MAX_SIZE_VALUE",
+    "STREAMING_MODE_EXACT",
+    "STREAMING_MODE_ITERATOR",
+    "STREAMING_MODE_LARGE",
+    "STREAMING_MODE_MEDIUM",
+    "STREAMING_MODE_SERIAL",
+    "STREAMING_MODE_SMALL",
+    "STREAMING_MODE_WANT_ALL",
+    "BaseFoundException",
+    "Database",
+    "FoundException",
+    "Hooks",
+    "KeySelector",
+    "Transaction",
+    "TransactionStats",
+    "Versionstamp",
+    "add",
+    "add_conflict_range",
+    "all",
+    "append_if_fits",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "byte_max",
+    "byte_min",
+    "cancel",
+    "clear",
+    "close",
+    "co",
+    "commit",
+    "compare_and_clear",
+    "database_set_option",
+    "error_predicate",
+    "estimated_size_bytes",
+    "get",
+    "get_approximate_size",
+    "get_client_version",
+    "get_committed_version",
+    "get_key",
+    "get_range_split_points",
+    "get_versionstamp",
+    "gt",
+    "gte",
+    "has_incomplete_versionstamp",
+    "limit",
+    "lt",
+    "lte",
+    "make_hooks",
+    "make_transaction",
+    "max",
+    "min",
+    "next_prefix",
+    "on_error",
+    "open",
+    "pack",
+    "pack_with_versionstamp",
+    "query",
+    "read_version",
+    "reset",
+    "set",
+    "set_option",
+    "set_read_version",
+    "set_versionstamped_key",
+    "set_versionstamped_value",
+    "transaction",
+    "transactional",
+    "unpack",
+    "watch",
+]
