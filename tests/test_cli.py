@@ -67,7 +67,9 @@ def test_ls_pages_across_transactions(url: str) -> None:
     assert len(lines) == 2500 and lines[0].startswith("p/00000") and lines[-1].startswith("p/02499")
 
 
-def test_default_url_uses_shale_url(tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_url_uses_shale_url(
+    tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SHALE_URL", url)
     assert shale_cmd("set", "k", "v", cwd=tmp_path).returncode == 0
     assert shale_cmd("get", "--url", url, "k").stdout == "v\n"

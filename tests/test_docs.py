@@ -34,15 +34,18 @@ def test_quick_start_is_the_two_commands() -> None:
     commands = [line.split("#")[0].strip() for line in re.findall(r"^make .*$", quick, re.M)]
     assert commands == ["make run", "make test"]
     ci = (ROOT / ".ci" / "run").read_text()
-    assert [ln for ln in ci.splitlines() if ln.strip() and not ln.startswith(("#", "set ", "cd "))] == [
-        "make test"
-    ]
+    assert [
+        ln for ln in ci.splitlines() if ln.strip() and not ln.startswith(("#", "set ", "cd "))
+    ] == ["make test"]
 
 
 def test_make_run_example_exits_cleanly(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr

@@ -36,7 +36,9 @@ def test_url_paths(url: str, path: str) -> None:
 
 
 @pytest.mark.parametrize("url", ["sqlite://host/x.db", "sqlite:///", "sqlite:///dir/", "sqlite:x"])
-async def test_malformed_urls_are_refused(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_malformed_urls_are_refused(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(shale.EngineError, match="sqlite"):
         await shale.open(url)
@@ -212,9 +214,8 @@ async def test_sigkill_during_commits_loses_no_acknowledged_commit(tmp_path: Pat
         os.kill(writer.pid, signal.SIGKILL)
         writer.wait()
         acknowledged.update(int(line) for line in writer.stdout.read().split())
-        async with await shale.open(url) as db:
-            async with db.transaction() as tr:
-                a = {int(v) for _, v in await tr.get_range(b"a/", b"a0")}
-                b = {int(v) for _, v in await tr.get_range(b"b/", b"b0")}
+        async with await shale.open(url) as db, db.transaction() as tr:
+            a = {int(v) for _, v in await tr.get_range(b"a/", b"a0")}
+            b = {int(v) for _, v in await tr.get_range(b"b/", b"b0")}
         assert a == b, "a transaction was half applied"
         assert acknowledged <= a, f"lost acknowledged commits: {sorted(acknowledged - a)[:5]}"

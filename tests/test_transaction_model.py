@@ -77,7 +77,9 @@ async def step(tr: shale.Transaction, model: dict[bytes, bytes], op: tuple[Any, 
         expected = expected[::-1] if reverse else expected
         expected = expected[:limit] if limit else expected
         assert await tr.get_range(begin, end, limit=limit, reverse=reverse) == expected
-        streamed = [kv async for kv in tr.get_range(begin, end, limit=limit, reverse=reverse, batch_size=1)]
+        streamed = [
+            kv async for kv in tr.get_range(begin, end, limit=limit, reverse=reverse, batch_size=1)
+        ]
         assert streamed == expected
     else:
         sel = shale.KeySelector(op[1], op[2], op[3])
@@ -98,7 +100,9 @@ async def play(url: str, transactions: list[list[tuple[Any, ...]]]) -> None:
 
 
 @pytest.mark.parametrize("engine", ["memory", "sqlite"])
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(transactions=history)
 def test_transactions_match_the_dict_model(
     engine: str, tmp_path: Path, transactions: list[list[tuple[Any, ...]]]

@@ -49,7 +49,7 @@ def parse_bytes(text: str) -> bytes:
 
 def show_bytes(data: bytes) -> str:
     """The inverse of ``parse_bytes``: printable ASCII as is, the rest escaped."""
-    out = []
+    out: list[str] = []
     pos = 0
     for match in _PRINTABLE.finditer(data):
         out.extend(f"\\x{b:02x}" for b in data[pos : match.start()])
@@ -98,10 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"shale {shale.__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help="database URL (default: $SHALE_URL, else %(default)s)",
-                        default=None)
-    common.add_argument("-t", "--tuple", action="store_true",
-                        help="keys are JSON arrays packed as tuples")
+    common.add_argument(
+        "--url", help="database URL (default: $SHALE_URL, else %(default)s)", default=None
+    )
+    common.add_argument(
+        "-t", "--tuple", action="store_true", help="keys are JSON arrays packed as tuples"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     get = commands.add_parser("get", parents=[common], help="print the value of KEY")
     get.add_argument("key", metavar="KEY")

@@ -210,18 +210,14 @@ class Versionstamp:
                     f"got {type(tr_version).__name__}"
                 )
             if len(tr_version) != self.TR_VERSION_LENGTH:
-                raise TupleError(
-                    f"Versionstamp tr_version must be 10 bytes, got {len(tr_version)}"
-                )
+                raise TupleError(f"Versionstamp tr_version must be 10 bytes, got {len(tr_version)}")
             tr_version = None if tr_version == _PLACEHOLDER else bytes(tr_version)
         if isinstance(user_version, bool) or not isinstance(user_version, int):
             raise TypeError(
                 f"Versionstamp user_version must be an int, got {type(user_version).__name__}"
             )
         if not 0 <= user_version <= 0xFFFF:
-            raise TupleError(
-                f"Versionstamp user_version must be in 0..65535, got {user_version}"
-            )
+            raise TupleError(f"Versionstamp user_version must be in 0..65535, got {user_version}")
         self._tr_version: bytes | None = tr_version
         self._user_version: int = int(user_version)
 
@@ -381,9 +377,7 @@ def _encode_uuid(value: uuid.UUID) -> bytes:
 
 def _encode_versionstamp(value: Versionstamp) -> bytes:
     if value._tr_version is None:
-        raise TupleError(
-            "incomplete Versionstamp in a plain pack(); use pack_with_versionstamp()"
-        )
+        raise TupleError("incomplete Versionstamp in a plain pack(); use pack_with_versionstamp()")
     return b"\x33" + value._tr_version + _STRUCT_H.pack(value._user_version)
 
 
@@ -596,8 +590,7 @@ _Decoder: TypeAlias = Callable[[bytes, int], tuple[Any, int]]
 def _truncated(what: str, start: int, need: int, data: bytes) -> TupleError:
     have = max(len(data) - start - 1, 0)
     return TupleError(
-        f"truncated {what} at offset {start}: needs {need} bytes after the type code, "
-        f"{have} left"
+        f"truncated {what} at offset {start}: needs {need} bytes after the type code, {have} left"
     )
 
 
@@ -783,7 +776,7 @@ def unpack(data: bytes, prefix_len: int = 0) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def range(t: Packable) -> tuple[bytes, bytes]:  # noqa: A001 - the FoundationDB API's name
+def range(t: Packable) -> tuple[bytes, bytes]:
     """The key range ``(start, stop)`` holding every tuple that strictly extends ``t``.
 
     ``fdb.tuple.range`` returns a ``slice``; a plain pair of bytes unpacks more naturally

@@ -36,6 +36,7 @@ class Database:
         self.url = url
         self.max_transaction_age = max_transaction_age
         self._watches: dict[bytes, list[tuple[bytes | None, asyncio.Future[None]]]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -150,9 +151,11 @@ class Database:
         for begin, end in ranges:
             touched.update(k for k in self._watches if begin <= k < end)
         if touched:
-            asyncio.ensure_future(self._fire(touched))
+            task = asyncio.ensure_future(self._fire(touched))
+            self._background.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._background.discard)
 
-    async def _fire(self, keys: set[bytes]) -> None:
+    async def _fire(self, keys: Iterable[bytes]) -> None:
         snap = await self.engine.snapshot()
         try:
             for key in keys:
@@ -206,7 +209,7 @@ def transactional(
     given a transaction, it joins it and does not commit (so transactional
     functions compose, as in FoundationDB's bindings)."""
 
-    async def wrapper(db_or_tr: Database | Transaction, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def wrapper(db_or_tr: Database | Transaction, /, *args: P.args, **kwargs: P.kwargs) -> T:
         if isinstance(db_or_tr, Transaction):
             return await fn(db_or_tr, *args, **kwargs)
         return await db_or_tr.transact(fn, *args, **kwargs)

@@ -33,7 +33,7 @@ class ExponentialBackoff:
         self.cap = cap
 
     def delay(self, attempt: int) -> float:
-        return min(self.cap, self.base * 2 ** (attempt - 1))
+        return min(self.cap, self.base * 2.0 ** (attempt - 1))
 
 
 class FullJitterBackoff(ExponentialBackoff):

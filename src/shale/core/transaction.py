@@ -174,7 +174,7 @@ class Transaction:
             self._snapshot = None
 
     def _cancel_futures(self, error: BaseException) -> None:
-        futures = [f for _, f in self._watches]
+        futures: list[asyncio.Future[Any]] = [f for _, f in self._watches]
         if self._stamp is not None:
             futures.append(self._stamp)
         for future in futures:
@@ -189,9 +189,7 @@ class Transaction:
             self._snapshot = await self._db.engine.snapshot(self._wanted_version)
             self._started = time.monotonic()
         elif time.monotonic() - self._started > self._max_age:
-            raise TransactionTooOld(
-                f"the transaction is older than {self._max_age:g} s; retry it"
-            )
+            raise TransactionTooOld(f"the transaction is older than {self._max_age:g} s; retry it")
         return self._snapshot
 
     async def get_read_version(self) -> int:
@@ -279,7 +277,9 @@ class Transaction:
         self, prefix: bytes, *, limit: int = 0, reverse: bool = False, snapshot: bool = False
     ) -> RangeResult:
         """Every pair whose key starts with ``prefix``."""
-        return self.get_range(prefix, strinc(prefix), limit=limit, reverse=reverse, snapshot=snapshot)
+        return self.get_range(
+            prefix, strinc(prefix), limit=limit, reverse=reverse, snapshot=snapshot
+        )
 
     def _upper(self) -> bytes:
         return b"\xff\xff" if self.access_system_keys else SYSTEM_PREFIX
@@ -388,8 +388,9 @@ class Transaction:
             return rows[-1][0] if len(rows) == selector.offset else upper
         count = 1 - selector.offset
         stop = key + b"\x00" if selector.or_equal else key
-        rows = await self.get_range(b"", min(stop, upper), limit=count, reverse=True,
-                                    snapshot=snapshot)
+        rows = await self.get_range(
+            b"", min(stop, upper), limit=count, reverse=True, snapshot=snapshot
+        )
         return rows[-1][0] if len(rows) == count else b""
 
     @property
@@ -403,7 +404,9 @@ class Transaction:
         if type(key) is not bytes:
             raise TypeError(f"keys are bytes, not {type(key).__name__}")
         if len(key) > MAX_KEY_SIZE:
-            self._fail(KeyTooLarge(f"key of {len(key)} bytes exceeds the {MAX_KEY_SIZE}-byte limit"))
+            self._fail(
+                KeyTooLarge(f"key of {len(key)} bytes exceeds the {MAX_KEY_SIZE}-byte limit")
+            )
         if key >= SYSTEM_PREFIX and not self.access_system_keys:
             self._fail(
                 KeyOutsideLegalRange(
@@ -435,9 +438,7 @@ class Transaction:
         self._size += len(key) + len(param)
         if self._size > MAX_TRANSACTION_SIZE:
             self._fail(
-                TransactionTooLarge(
-                    f"the transaction's writes exceed {MAX_TRANSACTION_SIZE} bytes"
-                )
+                TransactionTooLarge(f"the transaction's writes exceed {MAX_TRANSACTION_SIZE} bytes")
             )
         self._mutations.append((op, key, param))
 
@@ -713,7 +714,7 @@ class _Merger:
         self, rows: list[tuple[bytes, bytes]], exhausted: bool, room: int
     ) -> list[tuple[bytes, bytes]]:
         """Merge one engine batch; ``room`` caps the output (0: no cap)."""
-        local, out = self._local, []
+        local, out = self._local, list[tuple[bytes, bytes]]()
         cleared = self._tr._cleared if self._tr._clears else None
         for key, value in rows:
             while self._next < len(local) and self._before(local[self._next], key):

@@ -169,7 +169,7 @@ class Engine(Protocol):
     capabilities: Capabilities
 
     @classmethod
-    async def open(cls, url: str, options: Mapping[str, str]) -> Engine:
+    async def open(cls, url: str, options: Mapping[str, object]) -> Engine:
         """Open the database that ``url`` names.
 
         Raises:

@@ -22,7 +22,14 @@ from typing import cast
 from shale.engines.base import Engine
 from shale.errors import EngineError, UnknownEngineError
 
-__all__ = ["ENTRY_POINT_GROUP", "KNOWN_EXTRAS", "PLANNED", "Registry", "default_registry", "scheme_of"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "KNOWN_EXTRAS",
+    "PLANNED",
+    "Registry",
+    "default_registry",
+    "scheme_of",
+]
 
 ENTRY_POINT_GROUP = "shale.engines"
 
@@ -87,7 +94,9 @@ class Registry:
             try:
                 return cast(type[Engine], point.load())
             except ImportError as exc:
-                raise UnknownEngineError(self._missing(scheme, f"it failed to import: {exc}")) from exc
+                raise UnknownEngineError(
+                    self._missing(scheme, f"it failed to import: {exc}")
+                ) from exc
         raise UnknownEngineError(self._missing(scheme, "no installed engine serves it"))
 
     def _missing(self, scheme: str, why: str) -> str:

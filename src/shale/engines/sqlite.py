@@ -60,6 +60,7 @@ FORMAT_VERSION = (1, 0)
 """(major, minor) of the on-disk layout. A newer major is refused; a newer
 minor is opened read-only."""
 
+_FORMAT = "{}.{}".format(*FORMAT_VERSION)
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 _IDLE_READERS = 8
 
@@ -136,7 +137,7 @@ class SQLiteSnapshot:
             row = conn.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
         except sqlite3.Error as exc:  # inline, not _mapped: this is the hottest path
             raise _error(self._engine.path, exc) from exc
-        return None if row is None else row[0]  # type: ignore[no-any-return]
+        return None if row is None else row[0]
 
     async def get_range(
         self, begin: bytes, end: bytes, limit: int, reverse: bool
@@ -207,9 +208,9 @@ class SQLiteEngine:
             if not meta:
                 conn.execute(
                     "INSERT INTO meta VALUES ('format', ?), ('version', '0')",
-                    ("%d.%d" % FORMAT_VERSION,),
+                    (_FORMAT,),
                 )
-                meta = {"format": "%d.%d" % FORMAT_VERSION, "version": "0"}
+                meta = {"format": _FORMAT, "version": "0"}
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

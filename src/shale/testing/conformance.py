@@ -6,6 +6,7 @@ import asyncio
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,9 @@ async def _fill(db: Database, n: int = 10, prefix: bytes = b"k") -> None:
             tr.set(prefix + b"%02d" % i, b"v%d" % i)
 
 
-async def _scan(db: Database, begin: bytes = b"", end: bytes = b"\xff") -> list[tuple[bytes, bytes]]:
+async def _scan(
+    db: Database, begin: bytes = b"", end: bytes = b"\xff"
+) -> list[tuple[bytes, bytes]]:
     async with db.transaction() as tr:
         return await tr.get_range(begin, end)
 
@@ -51,7 +54,7 @@ class ConformanceSuite:
     async def opener(self, db_url: str) -> AsyncIterator[Opener]:
         opened: list[Database] = []
 
-        async def open_db(**options: object) -> Database:
+        async def open_db(**options: Any) -> Database:
             db = await shale.open(db_url, **options)
             opened.append(db)
             return db
@@ -102,7 +105,9 @@ class ConformanceSuite:
         async with db.transaction() as tr:
             seen = [k async for k, _ in tr.get_range(b"s", b"t", batch_size=7)]
             assert seen == [b"s%04d" % i for i in range(1000)]
-            back = [k async for k, _ in tr.get_range(b"s", b"t", reverse=True, limit=25, batch_size=4)]
+            back = [
+                k async for k, _ in tr.get_range(b"s", b"t", reverse=True, limit=25, batch_size=4)
+            ]
             assert back == [b"s%04d" % i for i in range(999, 974, -1)]
 
     async def test_key_selectors(self, db: Database) -> None:
@@ -118,7 +123,9 @@ class ConformanceSuite:
             assert await tr.get_key(sel.last_less_than(b"k03") - 1) == b"k01"
             assert await tr.get_key(sel.last_less_than(b"k00")) == b""
             assert await tr.get_key(sel.first_greater_than(b"k09")) == b"\xff"
-            rows = await tr.get_range(sel.first_greater_than(b"k01"), sel.first_greater_or_equal(b"k04"))
+            rows = await tr.get_range(
+                sel.first_greater_than(b"k01"), sel.first_greater_or_equal(b"k04")
+            )
             assert [k for k, _ in rows] == [b"k02", b"k03"]
 
     async def test_tuple_keys_and_subspace(self, db: Database) -> None:
@@ -148,7 +155,15 @@ class ConformanceSuite:
             assert await tr.get(b"k08") == b"back"
             rows = await tr.get_range(b"k", b"l")
             assert [k for k, _ in rows] == [
-                b"k00", b"k01", b"k02", b"k03", b"k035", b"k04", b"k06", b"k08", b"k09"
+                b"k00",
+                b"k01",
+                b"k02",
+                b"k03",
+                b"k035",
+                b"k04",
+                b"k06",
+                b"k08",
+                b"k09",
             ]
             back = await tr.get_range(b"k", b"l", reverse=True, limit=3)
             assert back == [(b"k09", b"v9"), (b"k08", b"back"), (b"k06", b"v6")]
@@ -230,7 +245,11 @@ class ConformanceSuite:
             tr.clear(b"k02")
             tr.set(b"k99", b"new")
         assert await reader.get(b"k01") == b"v1"
-        assert await reader.get_range(b"k", b"l") == [(b"k00", b"v0"), (b"k01", b"v1"), (b"k02", b"v2")]
+        assert await reader.get_range(b"k", b"l") == [
+            (b"k00", b"v0"),
+            (b"k01", b"v1"),
+            (b"k02", b"v2"),
+        ]
         reader.close()
 
     async def test_lost_update_is_prevented(self, db: Database) -> None:
