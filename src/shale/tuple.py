@@ -33,6 +33,8 @@ Differences from ``fdb.tuple``, each deliberate:
 from __future__ import annotations
 
 import builtins
+import functools
+import re
 import struct
 import uuid
 from collections.abc import Callable
@@ -104,6 +106,7 @@ _STRUCT_H: Final = struct.Struct(">H")
 _STRUCT_OFFSET: Final = struct.Struct("<I")
 
 _PLACEHOLDER: Final = b"\xff" * 10
+_TERMINATOR: Final = re.compile(b"\x00(?!\xff)")
 
 # Bound once: looking the classmethod up on int costs more than the conversion. Byte order
 # is big-endian throughout; since Python 3.11 that is the default of to_bytes / from_bytes.
@@ -114,6 +117,7 @@ class TupleError(ValueError):
     """A value that cannot be tuple-encoded, or bytes that are not a valid tuple encoding."""
 
 
+@functools.total_ordering
 class SingleFloat:
     """An IEEE 754 single-precision float, packed with type code 0x20.
 
@@ -164,25 +168,11 @@ class SingleFloat:
             return self._order_key() < other._order_key()
         return NotImplemented
 
-    def __le__(self, other: SingleFloat) -> bool:
-        if isinstance(other, SingleFloat):
-            return self._order_key() <= other._order_key()
-        return NotImplemented
-
-    def __gt__(self, other: SingleFloat) -> bool:
-        if isinstance(other, SingleFloat):
-            return self._order_key() > other._order_key()
-        return NotImplemented
-
-    def __ge__(self, other: SingleFloat) -> bool:
-        if isinstance(other, SingleFloat):
-            return self._order_key() >= other._order_key()
-        return NotImplemented
-
     def __repr__(self) -> str:
         return f"SingleFloat({self.value!r})"
 
 
+@functools.total_ordering
 class Versionstamp:
     """A 96-bit versionstamp: a 10-byte transaction version and a 2-byte user version.
 
@@ -289,21 +279,6 @@ class Versionstamp:
             return self.to_bytes() < other.to_bytes()
         return NotImplemented
 
-    def __le__(self, other: Versionstamp) -> bool:
-        if isinstance(other, Versionstamp):
-            return self.to_bytes() <= other.to_bytes()
-        return NotImplemented
-
-    def __gt__(self, other: Versionstamp) -> bool:
-        if isinstance(other, Versionstamp):
-            return self.to_bytes() > other.to_bytes()
-        return NotImplemented
-
-    def __ge__(self, other: Versionstamp) -> bool:
-        if isinstance(other, Versionstamp):
-            return self.to_bytes() >= other.to_bytes()
-        return NotImplemented
-
     def __repr__(self) -> str:
         return f"Versionstamp(tr_version={self._tr_version!r}, user_version={self._user_version})"
 
@@ -383,14 +358,12 @@ def _encode_versionstamp(value: Versionstamp) -> bytes:
 
 def _encode_nested(value: tuple[Any, ...] | list[Any]) -> bytes:
     out = [b"\x05"]
-    append = out.append
-    get = _NESTED_ENCODERS.get
     for item in value:
-        encode = get(type(item))
+        encode = _NESTED_ENCODERS.get(type(item))
         if encode is None:
             encode = _encoder_for(item)
-        append(encode(item))
-    append(b"\x00")
+        out.append(encode(item))
+    out.append(b"\x00")
     return b"".join(out)
 
 
@@ -459,8 +432,6 @@ def pack(t: Packable, prefix: bytes = b"") -> bytes:
     if type(prefix) is not bytes:
         prefix = _check_prefix(prefix)
     out = [prefix]
-    append = out.append
-    get = _ENCODERS.get
     try:
         # str, bytes and small positive ints fill most keys; inlining them saves a call each.
         for item in t:
@@ -469,19 +440,19 @@ def pack(t: Packable, prefix: bytes = b"") -> bytes:
                 data = item.encode()
                 if 0 in data:
                     data = data.replace(b"\x00", b"\x00\xff")
-                append(b"\x02%s\x00" % data)
+                out.append(b"\x02%s\x00" % data)
             elif cls is int and 0 < item < _INT_LIMIT:
                 n = (item.bit_length() + 7) >> 3
-                append(_POS_HEADS[n] + item.to_bytes(n))
+                out.append(_POS_HEADS[n] + item.to_bytes(n))
             elif cls is bytes:
                 if 0 in item:
                     item = item.replace(b"\x00", b"\x00\xff")
-                append(b"\x01%s\x00" % item)
+                out.append(b"\x01%s\x00" % item)
             else:
-                encode = get(cls)
+                encode = _ENCODERS.get(cls)
                 if encode is None:
                     encode = _encoder_for(item)
-                append(encode(item))
+                out.append(encode(item))
     except ValueError as exc:
         raise _located(t, exc) from None
     return b"".join(out)
@@ -594,13 +565,13 @@ def _truncated(what: str, start: int, need: int, data: bytes) -> TupleError:
     )
 
 
-def _escaped_end(data: bytes, end: int, start: int) -> int:
-    """The offset of the terminator of the string at ``start``, given its first ``00 ff``."""
-    while data[end + 1 : end + 2] == b"\xff":
-        end = data.find(b"\x00", end + 2)
-        if end < 0:
-            raise TupleError(f"unterminated string at offset {start}: no 00 terminator")
-    return end
+def _escaped_end(data: bytes, start: int) -> int:
+    """The offset of the 00 that ends the string at ``start``, which holds escaped NULs."""
+    # A terminator is the first 00 not followed by ff: one regex search however many escapes.
+    found = _TERMINATOR.search(data, start + 1)
+    if found is None:
+        raise TupleError(f"unterminated string at offset {start}: no 00 terminator")
+    return found.start()
 
 
 def _decode_unknown(data: bytes, pos: int) -> tuple[Any, int]:
@@ -706,69 +677,84 @@ def unpack(data: bytes, prefix_len: int = 0) -> tuple[Any, ...]:
     # a Python call per element would cost more than decoding most elements.
     end = len(data)
     out: list[Any] = []
-    append = out.append
-    stack: list[tuple[list[Any], int]] = []
-    find = data.find
+    stack: list[tuple[list[Any], int]] | None = None
     careful = 0xFF in data  # escapes and nested Nones contain ff; most keys have none
     pos = prefix_len
     try:
         while pos < end:
             code = data[pos]
-            if code == 2 or code == 1:
-                stop = find(b"\x00", pos + 1)
+            if code == 2:
+                stop = data.find(b"\x00", pos + 1)
                 if stop < 0:
                     raise TupleError(f"unterminated string at offset {pos}: no 00 terminator")
                 if careful and data[stop + 1 : stop + 2] == b"\xff":
-                    stop = _escaped_end(data, stop, pos)
-                    raw = data[pos + 1 : stop].replace(b"\x00\xff", b"\x00")
+                    stop = _escaped_end(data, pos)
+                    out.append(data[pos + 1 : stop].replace(b"\x00\xff", b"\x00").decode())
                 else:
-                    raw = data[pos + 1 : stop]
-                append(raw.decode() if code == 2 else raw)
+                    out.append(data[pos + 1 : stop].decode())
                 pos = stop + 1
-            elif 0x14 < code < 0x1D:
-                stop = pos + code - 0x13
-                if stop > end:
-                    raise _truncated("integer", pos, code - 0x14, data)
-                append(_from_bytes(data[pos + 1 : stop]))
-                pos = stop
+            elif code > 0x14:
+                if code < 0x1D:
+                    if code == 0x15:
+                        out.append(data[pos + 1])
+                        pos += 2
+                        continue
+                    stop = pos + code - 0x13
+                    if stop > end:
+                        raise _truncated("integer", pos, code - 0x14, data)
+                    out.append(_from_bytes(data[pos + 1 : stop]))
+                    pos = stop
+                elif code == 0x21:
+                    if pos + 9 > end:
+                        raise _truncated("double", pos, 8, data)
+                    (bits,) = _STRUCT_Q.unpack_from(data, pos + 1)
+                    bits = bits ^ _SIGN64 if bits & _SIGN64 else ~bits
+                    out.append(_STRUCT_D.unpack(_STRUCT_Q_SIGNED.pack(bits))[0])
+                    pos += 9
+                elif code == 0x27 or code == 0x26:
+                    out.append(code == 0x27)
+                    pos += 1
+                else:
+                    value, pos = _DECODERS[code](data, pos + 1)
+                    out.append(value)
+            elif code == 1:
+                stop = data.find(b"\x00", pos + 1)
+                if stop < 0:
+                    raise TupleError(f"unterminated bytes at offset {pos}: no 00 terminator")
+                if careful and data[stop + 1 : stop + 2] == b"\xff":
+                    stop = _escaped_end(data, pos)
+                    out.append(data[pos + 1 : stop].replace(b"\x00\xff", b"\x00"))
+                else:
+                    out.append(data[pos + 1 : stop])
+                pos = stop + 1
             elif code == 0:
                 if stack and not (careful and data[pos + 1 : pos + 2] == b"\xff"):
                     value = tuple(out)
                     out = stack.pop()[0]
-                    append = out.append
-                    append(value)
+                    out.append(value)
                     pos += 1
                 else:
-                    append(None)
+                    out.append(None)
                     pos += 2 if stack else 1
             elif code == 5:
+                if stack is None:
+                    stack = []
                 stack.append((out, pos))
                 out = []
-                append = out.append
                 pos += 1
             elif code == 0x14:
-                append(0)
+                out.append(0)
                 pos += 1
-            elif 0x0B < code < 0x14:
+            elif code > 0x0B:
                 n = 0x14 - code
                 stop = pos + n + 1
                 if stop > end:
                     raise _truncated("integer", pos, n, data)
-                append(_from_bytes(data[pos + 1 : stop]) - _MASKS[n])
+                out.append(_from_bytes(data[pos + 1 : stop]) - _MASKS[n])
                 pos = stop
-            elif code == 0x21:
-                if pos + 9 > end:
-                    raise _truncated("double", pos, 8, data)
-                (bits,) = _STRUCT_Q.unpack_from(data, pos + 1)
-                bits = bits ^ _SIGN64 if bits & _SIGN64 else ~bits
-                append(_STRUCT_D.unpack(_STRUCT_Q_SIGNED.pack(bits))[0])
-                pos += 9
-            elif code == 0x27 or code == 0x26:
-                append(code == 0x27)
-                pos += 1
             else:
                 value, pos = _DECODERS[code](data, pos + 1)
-                append(value)
+                out.append(value)
     except UnicodeDecodeError as exc:
         raise TupleError(f"invalid UTF-8 in string at offset {pos}: {exc.reason}") from None
     if stack:

@@ -119,7 +119,6 @@ class Transaction:
         self._mutations: list[Mutation] = []
         self._read_keys: set[bytes] = set()
         self._read_ranges: list[KeyRange] = []
-        self._write_keys: set[bytes] = set()
         self._write_ranges: list[KeyRange] = []
         self._size = 0
         self._stamp: asyncio.Future[bytes] | None = None
@@ -229,15 +228,20 @@ class Transaction:
 
     async def get(self, key: bytes, *, snapshot: bool = False) -> bytes | None:
         """The value of ``key``, or ``None``; sees this transaction's writes."""
-        self._check_open()
-        self._check_read_key(key)
+        # The checks are inlined with cheap guards: this is the hottest path.
+        if self._state is not _State.OPEN:
+            self._check_open()
+        if type(key) is not bytes or key >= SYSTEM_PREFIX:
+            self._check_read_key(key)
         entry = self._writes.get(key, _MISSING)
         if entry is _MISSING:
             if self._clears and self._cleared(key):
                 return None
             if self._unreadable:
                 self._check_readable(key, key + b"\x00")
-            snap = await self._acquire()
+            snap = self._snapshot
+            if snap is None or time.monotonic() - self._started > self._max_age:
+                snap = await self._acquire()
             if not snapshot:
                 self._read_keys.add(key)
             return await snap.get(key)
@@ -446,15 +450,20 @@ class Transaction:
         if key not in self._writes:
             self._sorted_writes = None
         self._writes[key] = entry
-        self._write_keys.add(key)
 
     def set(self, key: bytes, value: bytes) -> None:
         """Set ``key`` to ``value``."""
-        self._check_open()
-        self._check_write_key(key)
-        self._check_value(value)
+        # Guards first, full checks only when one trips: bulk loads live here.
+        if self._state is not _State.OPEN:
+            self._check_open()
+        if type(key) is not bytes or len(key) > MAX_KEY_SIZE or key >= SYSTEM_PREFIX:
+            self._check_write_key(key)
+        if type(value) is not bytes or len(value) > MAX_VALUE_SIZE:
+            self._check_value(value)
         self._record(MutationType.SET, key, value)
-        self._put(key, value)
+        if key not in self._writes:
+            self._sorted_writes = None
+        self._writes[key] = value
 
     def clear(self, key: bytes) -> None:
         """Remove ``key`` if present."""
@@ -658,7 +667,7 @@ class Transaction:
             self._release()
         self._state = _State.COMMITTED
         if self._mutations:
-            self._db._notify_watches(self._write_keys, self._write_ranges)
+            self._db._notify_watches(self._writes.keys(), self._write_ranges)
         for key, seen, future in watched:
             self._db._add_watch(key, seen, future)
 
@@ -678,7 +687,7 @@ class Transaction:
             mutations=self._mutations,
             read_keys=self._read_keys,
             read_ranges=self._read_ranges,
-            write_keys=self._write_keys,
+            write_keys=self._writes.keys(),
             write_ranges=self._write_ranges,
         )
         result = await self._db.engine.commit(request)
@@ -716,6 +725,8 @@ class _Merger:
         """Merge one engine batch; ``room`` caps the output (0: no cap)."""
         local, out = self._local, list[tuple[bytes, bytes]]()
         cleared = self._tr._cleared if self._tr._clears else None
+        if not local and cleared is None:
+            return rows[:room] if room else rows
         for key, value in rows:
             while self._next < len(local) and self._before(local[self._next], key):
                 self._emit_local(local[self._next], None, out)

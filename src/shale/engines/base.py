@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -92,9 +93,9 @@ class CommitRequest:
 
     read_version: int
     mutations: Sequence[Mutation]
-    read_keys: frozenset[bytes] | set[bytes] = field(default_factory=set)
+    read_keys: AbstractSet[bytes] = field(default_factory=frozenset)
     read_ranges: Sequence[KeyRange] = ()
-    write_keys: frozenset[bytes] | set[bytes] = field(default_factory=set)
+    write_keys: AbstractSet[bytes] = field(default_factory=frozenset)
     write_ranges: Sequence[KeyRange] = ()
 
 

@@ -20,6 +20,7 @@ import bisect
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from shale.engines.atomic import materialize
@@ -34,26 +35,31 @@ MAX_BATCH = 1024
 
 @dataclass(slots=True)
 class _Writes:
+    """The writes of one commit batch. Key sets are kept as the committed
+    transactions handed them over, not merged, so recording costs nothing
+    per key; a finished transaction never changes them again."""
+
     version: int
     at: float
-    keys: set[bytes] = field(default_factory=set)
+    key_sets: list[AbstractSet[bytes]] = field(default_factory=list)
     ranges: list[KeyRange] = field(default_factory=list)
     _sorted: list[bytes] | None = None
 
     def sorted_keys(self) -> list[bytes]:
-        if self._sorted is None or len(self._sorted) != len(self.keys):
-            self._sorted = sorted(self.keys)
+        if self._sorted is None:
+            self._sorted = sorted(set().union(*self.key_sets))
         return self._sorted
 
     def overlaps(self, request: CommitRequest) -> bool:
-        if request.read_keys and not self.keys.isdisjoint(request.read_keys):
+        reads = request.read_keys
+        if reads and any(not keys.isdisjoint(reads) for keys in self.key_sets):
             return True
         for begin, end in self.ranges:
             if any(begin <= key < end for key in request.read_keys):
                 return True
             if any(b < end and begin < e for b, e in request.read_ranges):
                 return True
-        if request.read_ranges and self.keys:
+        if request.read_ranges and self.key_sets:
             keys = self.sorted_keys()
             for begin, end in request.read_ranges:
                 i = bisect.bisect_left(keys, begin)
@@ -96,14 +102,18 @@ class Resolver:
                     f"that committed at version {writes.version}"
                 )
 
-    def record(self, version: int, keys: set[bytes], ranges: Sequence[KeyRange]) -> None:
-        """Remember writes committed at ``version`` (merged into its batch)."""
+    def record(
+        self, version: int, keys: AbstractSet[bytes], ranges: Sequence[KeyRange]
+    ) -> None:
+        """Remember writes committed at ``version`` (added to its batch)."""
         if self._history and self._history[-1].version == version:
             writes = self._history[-1]
         else:
             writes = _Writes(version, time.monotonic())
             self._history.append(writes)
-        writes.keys |= keys
+        if keys:
+            writes.key_sets.append(keys)
+            writes._sorted = None
         writes.ranges.extend(ranges)
 
     def trim(self) -> None:
@@ -113,7 +123,7 @@ class Resolver:
             self.floor = self._history.popleft().version
 
 
-ApplyBatch = Callable[[int, list[list[Mutation]]], Awaitable[None]]
+ApplyBatch = Callable[[int, list[Sequence[Mutation]]], Awaitable[None]]
 """Writes a batch's mutations (one list per transaction, in order) at a version."""
 
 _STAMPED = (MutationType.SET_VERSIONSTAMPED_KEY, MutationType.SET_VERSIONSTAMPED_VALUE)
@@ -167,7 +177,7 @@ class GroupCommitter:
         version = self.version + 1
         self.resolver.trim()
         accepted: list[tuple[_Pending, int]] = []
-        writes: list[list[Mutation]] = []
+        writes: list[Sequence[Mutation]] = []
         for pending in batch:
             try:
                 self.resolver.check(pending.request)
@@ -197,13 +207,13 @@ class GroupCommitter:
             if not pending.future.done():
                 pending.future.set_result(CommitResult(version, order))
 
-    def _resolve_stamps(self, request: CommitRequest, version: int, order: int) -> list[Mutation]:
+    def _resolve_stamps(self, request: CommitRequest, version: int, order: int) -> Sequence[Mutation]:
         """Fill in versionstamps and record the transaction's write set."""
-        mutations = list(request.mutations)
-        keys = set(request.write_keys)
+        mutations = request.mutations
+        keys = request.write_keys
         if any(op in _STAMPED for op, _, _ in mutations):
             stamp = CommitResult(version, order).versionstamp
             mutations = [materialize(m, stamp) for m in mutations]
-            keys.update(key for op, key, _ in mutations if op is MutationType.SET)
+            keys = {key for op, key, _ in mutations if op is MutationType.SET} | keys
         self.resolver.record(version, keys, request.write_ranges)
         return mutations

@@ -9,7 +9,7 @@ engine behaves, commit for commit, like the SQLite engine does.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from shale.engines.atomic import apply_atomic
@@ -118,7 +118,7 @@ class MemoryEngine:
                     break
         return out
 
-    async def _apply(self, version: int, batch: list[list[Mutation]]) -> None:
+    async def _apply(self, version: int, batch: list[Sequence[Mutation]]) -> None:
         for mutations in batch:
             for op, key, param in mutations:
                 self._apply_one(version, op, key, param)

@@ -37,7 +37,7 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import ClassVar
 from urllib.parse import urlsplit
 
@@ -292,10 +292,10 @@ class SQLiteEngine:
             raise ReadOnlyError(f"{self.path} is open read-only (its format is newer)")
         return await self._committer.commit(request)
 
-    async def _apply(self, version: int, batch: list[list[Mutation]]) -> None:
+    async def _apply(self, version: int, batch: list[Sequence[Mutation]]) -> None:
         await asyncio.to_thread(self._write_batch, version, batch)
 
-    def _write_batch(self, version: int, batch: list[list[Mutation]]) -> None:
+    def _write_batch(self, version: int, batch: list[Sequence[Mutation]]) -> None:
         conn = self._writer
         with _mapped(self.path):
             conn.execute("BEGIN IMMEDIATE")
@@ -325,7 +325,7 @@ class SQLiteEngine:
         os.close(self._lock_fd)
 
 
-def _write_mutations(conn: sqlite3.Connection, mutations: list[Mutation]) -> None:
+def _write_mutations(conn: sqlite3.Connection, mutations: Sequence[Mutation]) -> None:
     """Apply one transaction's mutations in order; runs sets in bulk."""
     upsert = "INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)"
     pending: list[tuple[bytes, bytes]] = []
