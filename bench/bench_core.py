@@ -30,14 +30,17 @@ from typing import TypeVar
 
 import shale
 
-__all__ = ["TITLE", "markdown", "run"]
+__all__ = ["TITLE", "Workload", "describe", "markdown", "run"]
 
 TITLE = "Core operations: Shale vs raw sqlite3"
 
+DEFAULT_KEYS = 100_000
+DEFAULT_COMMITS = 4_000
 KEY_FORMAT = b"key:%013d"
 """17-byte keys that sort in numeric order."""
 SCRATCH_FORMAT = b"tmp:%013d"
-"""Warm-up keys; they sort after every measured key and are cleared again."""
+"""Warm-up keys. They sort after every measured key, and the load warm-up's
+are cleared again, so scans count exactly the loaded keys."""
 VALUE_SIZE = 100
 LOAD_BATCH = 1_000
 READS_PER_TRANSACTION = 100
@@ -284,6 +287,7 @@ def _rows(
             target = None if key == "commit_1" else LOAD_TARGET
         rows.append(
             {
+                "id": key,
                 "operation": operation,
                 "raw_sqlite3": raw.get(key),
                 "shale_sqlite": on_sqlite[key],
@@ -321,48 +325,73 @@ def markdown(rows: list[dict[str, object]]) -> str:
 
 
 def run(
-    keys: int = 100_000,
+    keys: int = DEFAULT_KEYS,
     synchronous: str = "full",
     reads: int | None = None,
-    commits: int = 4_000,
+    commits: int = DEFAULT_COMMITS,
     seed: int = SEED,
+    repeat: int = 1,
 ) -> list[dict[str, object]]:
     """Measure every operation on raw sqlite3, Shale sqlite and Shale memory.
 
-    ``reads`` defaults to ``keys`` (each random, so some repeat); ``commits``
-    is the number of single-key commits per commit measurement.
+    ``reads`` defaults to ``keys`` (random, so some repeat); ``commits`` is
+    the number of single-key commits per commit measurement. ``repeat`` runs
+    everything that many times, each in fresh directories, and keeps each
+    cell's best: on a shared machine one run can be off by a third.
     """
     mode = synchronous.upper()
     if mode not in ("FULL", "NORMAL"):
         raise ValueError(f"synchronous must be full or normal, not {synchronous!r}")
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, not {repeat}")
     work = Workload.make(keys, keys if reads is None else reads, commits, seed)
-    with tempfile.TemporaryDirectory(prefix="shale-bench-") as tmp:
-        raw = _raw_sqlite(os.path.join(tmp, "raw.db"), work, mode)
-    with tempfile.TemporaryDirectory(prefix="shale-bench-") as tmp:
-        url = f"sqlite:///{os.path.join(tmp, 'shale.db')}?synchronous={mode.lower()}"
-        on_sqlite = asyncio.run(_shale(url, work))
-    in_memory = asyncio.run(_shale("memory://", work))
+    raw: dict[str, float] = {}
+    on_sqlite: dict[str, float] = {}
+    in_memory: dict[str, float] = {}
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory(prefix="shale-bench-") as tmp:
+            _keep_best(raw, _raw_sqlite(os.path.join(tmp, "raw.db"), work, mode))
+        with tempfile.TemporaryDirectory(prefix="shale-bench-") as tmp:
+            url = f"sqlite:///{os.path.join(tmp, 'shale.db')}?synchronous={mode.lower()}"
+            _keep_best(on_sqlite, asyncio.run(_shale(url, work)))
+        _keep_best(in_memory, asyncio.run(_shale("memory://", work)))
     return _rows(raw, on_sqlite, in_memory)
 
 
-def describe(keys: int = 100_000, synchronous: str = "full", commits: int = 4_000) -> str:
+def _keep_best(best: dict[str, float], rates: dict[str, float]) -> None:
+    for name, rate in rates.items():
+        best[name] = max(best.get(name, 0.0), rate)
+
+
+def describe(
+    keys: int = DEFAULT_KEYS,
+    synchronous: str = "full",
+    commits: int = DEFAULT_COMMITS,
+    repeat: int = 1,
+) -> str:
     """One line naming the parameters, to print above the table."""
+    runs = "one run" if repeat == 1 else f"best of {repeat} runs"
     return (
         f"{keys:,} keys of {len(KEY_FORMAT % 0)} bytes, {VALUE_SIZE}-byte values, WAL, "
-        f"synchronous={synchronous.upper()}, {commits:,} commits per commit measurement"
+        f"synchronous={synchronous.upper()}, {commits:,} commits per commit measurement, {runs}"
     )
 
 
 def _main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_core", description=__doc__)
-    parser.add_argument("--keys", type=int, default=100_000)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_core",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--keys", type=int, default=DEFAULT_KEYS)
     parser.add_argument("--synchronous", choices=("full", "normal"), default="full")
     parser.add_argument("--reads", type=int, default=None, help="point reads (default: --keys)")
-    parser.add_argument("--commits", type=int, default=4_000)
+    parser.add_argument("--commits", type=int, default=DEFAULT_COMMITS)
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--repeat", type=int, default=1, help="keep the best of N runs")
     args = parser.parse_args(argv)
-    rows = run(args.keys, args.synchronous, args.reads, args.commits, args.seed)
-    print(describe(args.keys, args.synchronous, args.commits))
+    rows = run(args.keys, args.synchronous, args.reads, args.commits, args.seed, args.repeat)
+    print(describe(args.keys, args.synchronous, args.commits, args.repeat))
     print()
     print(markdown(rows))
 

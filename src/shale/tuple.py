@@ -673,8 +673,8 @@ def unpack(data: bytes, prefix_len: int = 0) -> tuple[Any, ...]:
     """
     if type(data) is not bytes or prefix_len:
         data = _check_data(data, prefix_len)
-    # One loop for every depth (a stack instead of recursion) with the common codes inline:
-    # a Python call per element would cost more than decoding most elements.
+    # One long loop on purpose: every depth in it (a stack instead of recursion) and the
+    # common codes inline, because a Python call per element costs as much as decoding it.
     end = len(data)
     out: list[Any] = []
     stack: list[tuple[list[Any], int]] | None = None
@@ -757,6 +757,8 @@ def unpack(data: bytes, prefix_len: int = 0) -> tuple[Any, ...]:
                 out.append(value)
     except UnicodeDecodeError as exc:
         raise TupleError(f"invalid UTF-8 in string at offset {pos}: {exc.reason}") from None
+    except IndexError:  # only the one-byte integer skips the length check
+        raise _truncated("integer", pos, 1, data) from None
     if stack:
         raise TupleError(f"unterminated nested tuple at offset {stack[-1][1]}: no 00 terminator")
     return tuple(out)
