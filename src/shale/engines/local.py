@@ -102,9 +102,7 @@ class Resolver:
                     f"that committed at version {writes.version}"
                 )
 
-    def record(
-        self, version: int, keys: AbstractSet[bytes], ranges: Sequence[KeyRange]
-    ) -> None:
+    def record(self, version: int, keys: AbstractSet[bytes], ranges: Sequence[KeyRange]) -> None:
         """Remember writes committed at ``version`` (added to its batch)."""
         if self._history and self._history[-1].version == version:
             writes = self._history[-1]
@@ -207,7 +205,9 @@ class GroupCommitter:
             if not pending.future.done():
                 pending.future.set_result(CommitResult(version, order))
 
-    def _resolve_stamps(self, request: CommitRequest, version: int, order: int) -> Sequence[Mutation]:
+    def _resolve_stamps(
+        self, request: CommitRequest, version: int, order: int
+    ) -> Sequence[Mutation]:
         """Fill in versionstamps and record the transaction's write set."""
         mutations = request.mutations
         keys = request.write_keys
