@@ -95,6 +95,11 @@ def _chunks(seq: Sequence[T], size: int) -> list[Sequence[T]]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
+def _fresh_range(work: Workload) -> tuple[bytes, bytes]:
+    """The keys the commit measurements write, and no other."""
+    return work.single_keys[0], (work.group_keys or work.single_keys)[-1] + b"\x00"
+
+
 def _check(what: str, got: int, expected: int) -> None:
     """A benchmark that silently read nothing would report a great number."""
     if got != expected:
@@ -175,16 +180,21 @@ def _raw_measure(conn: sqlite3.Connection, work: Workload) -> dict[str, float]:
     start = time.perf_counter()
     _raw_commits(conn, work.single_keys, work.value)
     rates["commit_1"] = len(work.single_keys) / (time.perf_counter() - start)
+    (committed,) = conn.execute(
+        "SELECT count(*) FROM kv WHERE k >= ? AND k < ?", _fresh_range(work)
+    ).fetchone()
+    _check("raw single-key commits", committed, len(work.single_keys))
     return rates
 
 
 # -- Shale -----------------------------------------------------------------
 
 
-async def _timed(count: int, operation: Awaitable[object]) -> float:
+async def _timed(count: int, operation: Awaitable[T]) -> tuple[float, T]:
+    """Items per second over ``count`` items, and the operation's result."""
     start = time.perf_counter()
-    await operation
-    return count / (time.perf_counter() - start)
+    result = await operation
+    return count / (time.perf_counter() - start), result
 
 
 async def _shale_load(db: shale.Database, items: Sequence[tuple[bytes, bytes]]) -> None:
@@ -194,23 +204,27 @@ async def _shale_load(db: shale.Database, items: Sequence[tuple[bytes, bytes]]) 
                 tr.set(key, value)
 
 
-async def _shale_reads(db: shale.Database, keys: Sequence[bytes], found: list[int]) -> None:
+async def _shale_reads(db: shale.Database, keys: Sequence[bytes]) -> int:
+    found = 0
     for chunk in _chunks(keys, READS_PER_TRANSACTION):
         async with db.transaction() as tr:
             for key in chunk:
                 if await tr.get(key) is not None:
-                    found[0] += 1
+                    found += 1
+    return found
 
 
-async def _shale_scan(db: shale.Database, counted: list[int]) -> None:
+async def _shale_scan(db: shale.Database) -> int:
     async with db.transaction() as tr:
-        counted[0] = len(await tr.get_range(*_WHOLE))
+        return len(await tr.get_range(*_WHOLE))
 
 
-async def _shale_stream(db: shale.Database, counted: list[int]) -> None:
+async def _shale_stream(db: shale.Database) -> int:
+    count = 0
     async with db.transaction() as tr:
         async for _ in tr.get_range(*_WHOLE):
-            counted[0] += 1
+            count += 1
+    return count
 
 
 async def _shale_commits(db: shale.Database, keys: Sequence[bytes], value: bytes) -> None:
@@ -238,24 +252,26 @@ async def _shale_measure(db: shale.Database, work: Workload) -> dict[str, float]
     async with db.transaction() as tr:
         tr.clear_range(scratch[0], scratch[-1] + b"\x00")
 
-    rates = {"load": await _timed(n, _shale_load(db, work.items))}
+    rates: dict[str, float] = {}
+    rates["load"], _ = await _timed(n, _shale_load(db, work.items))
 
-    found = [0]
-    await _shale_reads(db, work.reads[:WARM_UP], [0])
-    rates["reads"] = await _timed(len(work.reads), _shale_reads(db, work.reads, found))
-    _check("Shale point reads", found[0], len(work.reads))
+    await _shale_reads(db, work.reads[:WARM_UP])
+    rates["reads"], found = await _timed(len(work.reads), _shale_reads(db, work.reads))
+    _check("Shale point reads", found, len(work.reads))
 
-    scanned, streamed = [0], [0]
-    rates["scan"] = await _timed(n, _shale_scan(db, scanned))
-    _check("Shale scan", scanned[0], n)
-    rates["scan_stream"] = await _timed(n, _shale_stream(db, streamed))
-    _check("Shale streamed scan", streamed[0], n)
+    rates["scan"], count = await _timed(n, _shale_scan(db))
+    _check("Shale scan", count, n)
+    rates["scan_stream"], count = await _timed(n, _shale_stream(db))
+    _check("Shale streamed scan", count, n)
 
     await _shale_group(db, scratch[:WARM_UP], work.value)
     single = _shale_commits(db, work.single_keys, work.value)
-    rates["commit_1"] = await _timed(len(work.single_keys), single)
+    rates["commit_1"], _ = await _timed(len(work.single_keys), single)
     group = _shale_group(db, work.group_keys, work.value)
-    rates["commit_32"] = await _timed(len(work.group_keys), group)
+    rates["commit_32"], _ = await _timed(len(work.group_keys), group)
+    async with db.transaction() as tr:
+        committed = await tr.get_range(*_fresh_range(work))
+    _check("Shale single-key commits", len(committed), len(work.single_keys + work.group_keys))
     return rates
 
 
@@ -342,8 +358,8 @@ def run(
     mode = synchronous.upper()
     if mode not in ("FULL", "NORMAL"):
         raise ValueError(f"synchronous must be full or normal, not {synchronous!r}")
-    if repeat < 1:
-        raise ValueError(f"repeat must be at least 1, not {repeat}")
+    if min(keys, commits, repeat) < 1 or (reads is not None and reads < 1):
+        raise ValueError("keys, reads, commits and repeat must all be at least 1")
     work = Workload.make(keys, keys if reads is None else reads, commits, seed)
     raw: dict[str, float] = {}
     on_sqlite: dict[str, float] = {}

@@ -133,7 +133,7 @@ class SingleFloat:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"SingleFloat needs an int or float, got {type(value).__name__}")
         try:
-            packed = _STRUCT_F.pack(value)
+            packed = _STRUCT_F.pack(float(value))
         except OverflowError:
             # struct refuses what C's double-to-float conversion rounds to infinity.
             packed = _STRUCT_F.pack(float("inf") if value > 0 else float("-inf"))
@@ -565,12 +565,12 @@ def _truncated(what: str, start: int, need: int, data: bytes) -> TupleError:
     )
 
 
-def _escaped_end(data: bytes, start: int) -> int:
+def _escaped_end(data: bytes, start: int, what: str) -> int:
     """The offset of the 00 that ends the string at ``start``, which holds escaped NULs."""
     # A terminator is the first 00 not followed by ff: one regex search however many escapes.
     found = _TERMINATOR.search(data, start + 1)
     if found is None:
-        raise TupleError(f"unterminated string at offset {start}: no 00 terminator")
+        raise TupleError(f"unterminated {what} at offset {start}: no 00 terminator")
     return found.start()
 
 
@@ -688,7 +688,7 @@ def unpack(data: bytes, prefix_len: int = 0) -> tuple[Any, ...]:
                 if stop < 0:
                     raise TupleError(f"unterminated string at offset {pos}: no 00 terminator")
                 if careful and data[stop + 1 : stop + 2] == b"\xff":
-                    stop = _escaped_end(data, pos)
+                    stop = _escaped_end(data, pos, "string")
                     out.append(data[pos + 1 : stop].replace(b"\x00\xff", b"\x00").decode())
                 else:
                     out.append(data[pos + 1 : stop].decode())
@@ -722,7 +722,7 @@ def unpack(data: bytes, prefix_len: int = 0) -> tuple[Any, ...]:
                 if stop < 0:
                     raise TupleError(f"unterminated bytes at offset {pos}: no 00 terminator")
                 if careful and data[stop + 1 : stop + 2] == b"\xff":
-                    stop = _escaped_end(data, pos)
+                    stop = _escaped_end(data, pos, "bytes")
                     out.append(data[pos + 1 : stop].replace(b"\x00\xff", b"\x00"))
                 else:
                     out.append(data[pos + 1 : stop])
