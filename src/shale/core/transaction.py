@@ -121,6 +121,7 @@ class Transaction:
         self._read_ranges: list[KeyRange] = []
         self._write_ranges: list[KeyRange] = []
         self._size = 0
+        self._versionstamped = False
         self._stamp: asyncio.Future[bytes] | None = None
         self._watches: list[tuple[bytes, asyncio.Future[None]]] = []
         self.committed_version: int | None = None
@@ -570,6 +571,7 @@ class Transaction:
         self._check_write_key(key[:-4])
         self._check_value(value)
         self._record(MutationType.SET_VERSIONSTAMPED_KEY, key, value)
+        self._versionstamped = True
         body = key[:-4]
         prefix, suffix = body[:offset], body[offset + 10 :]
         self._unreadable.append((prefix + b"\x00" * 10 + suffix, prefix + b"\xff" * 11))
@@ -584,6 +586,7 @@ class Transaction:
         self._check_stamp_offset(value, "value")
         self._check_value(value[:-4])
         self._record(MutationType.SET_VERSIONSTAMPED_VALUE, key, value)
+        self._versionstamped = True
         self._put(key, _UNREADABLE)
 
     def get_versionstamp(self) -> asyncio.Future[bytes]:
@@ -689,6 +692,7 @@ class Transaction:
             read_ranges=self._read_ranges,
             write_keys=self._writes.keys(),
             write_ranges=self._write_ranges,
+            versionstamped=self._versionstamped,
         )
         result = await self._db.engine.commit(request)
         if self._stamp is not None and not self._stamp.done():

@@ -97,6 +97,9 @@ class CommitRequest:
     read_ranges: Sequence[KeyRange] = ()
     write_keys: AbstractSet[bytes] = field(default_factory=frozenset)
     write_ranges: Sequence[KeyRange] = ()
+    versionstamped: bool = False
+    """Whether any mutation is a versionstamp operation, so engines need not
+    scan every mutation to find out."""
 
 
 @dataclass(frozen=True, slots=True)

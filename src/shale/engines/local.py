@@ -124,8 +124,6 @@ class Resolver:
 ApplyBatch = Callable[[int, list[Sequence[Mutation]]], Awaitable[None]]
 """Writes a batch's mutations (one list per transaction, in order) at a version."""
 
-_STAMPED = (MutationType.SET_VERSIONSTAMPED_KEY, MutationType.SET_VERSIONSTAMPED_VALUE)
-
 
 @dataclass(slots=True)
 class _Pending:
@@ -211,7 +209,7 @@ class GroupCommitter:
         """Fill in versionstamps and record the transaction's write set."""
         mutations = request.mutations
         keys = request.write_keys
-        if any(op in _STAMPED for op, _, _ in mutations):
+        if request.versionstamped:
             stamp = CommitResult(version, order).versionstamp
             mutations = [materialize(m, stamp) for m in mutations]
             keys = {key for op, key, _ in mutations if op is MutationType.SET} | keys
