@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import builtins
 import functools
-import re
 import struct
 import uuid
 from collections.abc import Callable
@@ -106,7 +105,6 @@ _STRUCT_H: Final = struct.Struct(">H")
 _STRUCT_OFFSET: Final = struct.Struct("<I")
 
 _PLACEHOLDER: Final = b"\xff" * 10
-_TERMINATOR: Final = re.compile(b"\x00(?!\xff)")
 
 # Bound once: looking the classmethod up on int costs more than the conversion. Byte order
 # is big-endian throughout; since Python 3.11 that is the default of to_bytes / from_bytes.
@@ -298,6 +296,8 @@ def _encode_nested_none(_: None) -> bytes:
 
 
 def _encode_bytes(value: bytes) -> bytes:
+    # `0 in value` is a memchr; `b"\x00" in value` first tries its argument as an int and
+    # pays for the exception, costing several times more.
     if 0 in value:
         value = value.replace(b"\x00", b"\x00\xff")
     return b"\x01%s\x00" % value
@@ -565,13 +565,17 @@ def _truncated(what: str, start: int, need: int, data: bytes) -> TupleError:
     )
 
 
-def _escaped_end(data: bytes, start: int, what: str) -> int:
-    """The offset of the 00 that ends the string at ``start``, which holds escaped NULs."""
-    # A terminator is the first 00 not followed by ff: one regex search however many escapes.
-    found = _TERMINATOR.search(data, start + 1)
-    if found is None:
-        raise TupleError(f"unterminated {what} at offset {start}: no 00 terminator")
-    return found.start()
+def _escaped_end(data: bytes, stop: int, start: int, what: str) -> int:
+    """The offset of the 00 ending the string at ``start``, given its first escape at ``stop``.
+
+    A terminator is the first 00 not followed by ff.
+    """
+    while True:
+        stop = data.find(b"\x00", stop + 2)
+        if stop < 0:
+            raise TupleError(f"unterminated {what} at offset {start}: no 00 terminator")
+        if data[stop + 1 : stop + 2] != b"\xff":
+            return stop
 
 
 def _decode_unknown(data: bytes, pos: int) -> tuple[Any, int]:
@@ -674,7 +678,8 @@ def unpack(data: bytes, prefix_len: int = 0) -> tuple[Any, ...]:
     if type(data) is not bytes or prefix_len:
         data = _check_data(data, prefix_len)
     # One long loop on purpose: every depth in it (a stack instead of recursion) and the
-    # common codes inline, because a Python call per element costs as much as decoding it.
+    # common codes inline, because a Python call per element costs about as much as
+    # decoding a small element. The rare codes go through the _DECODERS table.
     end = len(data)
     out: list[Any] = []
     stack: list[tuple[list[Any], int]] | None = None
@@ -688,7 +693,7 @@ def unpack(data: bytes, prefix_len: int = 0) -> tuple[Any, ...]:
                 if stop < 0:
                     raise TupleError(f"unterminated string at offset {pos}: no 00 terminator")
                 if careful and data[stop + 1 : stop + 2] == b"\xff":
-                    stop = _escaped_end(data, pos, "string")
+                    stop = _escaped_end(data, stop, pos, "string")
                     out.append(data[pos + 1 : stop].replace(b"\x00\xff", b"\x00").decode())
                 else:
                     out.append(data[pos + 1 : stop].decode())
@@ -722,7 +727,7 @@ def unpack(data: bytes, prefix_len: int = 0) -> tuple[Any, ...]:
                 if stop < 0:
                     raise TupleError(f"unterminated bytes at offset {pos}: no 00 terminator")
                 if careful and data[stop + 1 : stop + 2] == b"\xff":
-                    stop = _escaped_end(data, pos, "bytes")
+                    stop = _escaped_end(data, stop, pos, "bytes")
                     out.append(data[pos + 1 : stop].replace(b"\x00\xff", b"\x00"))
                 else:
                     out.append(data[pos + 1 : stop])
