@@ -9,6 +9,7 @@ engine behaves, commit for commit, like the SQLite engine does.
 from __future__ import annotations
 
 import bisect
+from operator import itemgetter
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -158,13 +159,10 @@ class MemoryEngine:
 
     def _prune(self, history: list[tuple[int, bytes | None]]) -> None:
         """Drop versions no snapshot can read any more: all but the newest at
-        or below the floor."""
-        floor = self.floor
-        keep = 0
-        for i, (at, _) in enumerate(history):
-            if at <= floor:
-                keep = i
-        if keep:
+        or below the floor. Versions are sorted, so a bisection finds the cut
+        and a key written by every commit stays cheap to write."""
+        keep = bisect.bisect_right(history, self.floor, key=itemgetter(0)) - 1
+        if keep > 0:
             del history[:keep]
 
     def _sweep(self) -> None:
