@@ -9,8 +9,8 @@ engine behaves, commit for commit, like the SQLite engine does.
 from __future__ import annotations
 
 import bisect
-from operator import itemgetter
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import ClassVar
 
 from shale.engines.atomic import apply_atomic
