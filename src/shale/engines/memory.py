@@ -9,7 +9,7 @@ engine behaves, commit for commit, like the SQLite engine does.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import ClassVar
 
@@ -26,6 +26,67 @@ from shale.engines.options import window_option
 from shale.errors import ReadVersionError, TransactionTooOld
 
 __all__ = ["MemoryEngine"]
+
+
+class SortedKeys:
+    """Keys in order, as a list of short sorted lists.
+
+    One flat sorted list costs a memmove of the whole list per insert, which
+    grows with the store; short lists keep inserts cheap at any size while
+    staying a few lines of ``bisect``.
+    """
+
+    LOAD = 1000
+
+    def __init__(self, keys: Iterable[bytes] = ()) -> None:
+        ordered = list(keys)
+        self._lists = [ordered[i : i + self.LOAD] for i in range(0, len(ordered), self.LOAD)]
+        self._maxes = [chunk[-1] for chunk in self._lists]
+        self._len = len(ordered)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._lists:
+            yield from chunk
+
+    def add(self, key: bytes) -> None:
+        """Insert ``key``, which must not be present."""
+        self._len += 1
+        if not self._maxes:
+            self._lists.append([key])
+            self._maxes.append(key)
+            return
+        i = bisect.bisect_left(self._maxes, key)
+        if i == len(self._maxes):
+            i -= 1
+            self._lists[i].append(key)
+            self._maxes[i] = key
+        else:
+            bisect.insort(self._lists[i], key)
+        chunk = self._lists[i]
+        if len(chunk) > 2 * self.LOAD:
+            self._lists.insert(i + 1, chunk[self.LOAD :])
+            del chunk[self.LOAD :]
+            self._maxes.insert(i, chunk[-1])
+
+    def irange(self, begin: bytes, end: bytes, reverse: bool = False) -> Iterator[bytes]:
+        """The keys in ``[begin, end)``, ascending or descending."""
+        if reverse:
+            j = min(bisect.bisect_left(self._maxes, end), len(self._lists) - 1)
+            for chunk in self._lists[j::-1]:
+                for key in reversed(chunk[: bisect.bisect_left(chunk, end)]):
+                    if key < begin:
+                        return
+                    yield key
+            return
+        i = bisect.bisect_left(self._maxes, begin)
+        for chunk in self._lists[i:]:
+            for key in chunk[bisect.bisect_left(chunk, begin) :]:
+                if key >= end:
+                    return
+                yield key
 
 
 class MemorySnapshot:
@@ -65,7 +126,7 @@ class MemoryEngine:
     capabilities = Capabilities(durable=False, persistent=False, multi_process=False)
 
     def __init__(self, window: float) -> None:
-        self._keys: list[bytes] = []
+        self._keys = SortedKeys()
         self._versions: dict[bytes, list[tuple[int, bytes | None]]] = {}
         self._tombstones = 0
         self._committer = GroupCommitter(Resolver(window), self._apply, version=0)
@@ -106,12 +167,8 @@ class MemoryEngine:
     def range_at(
         self, begin: bytes, end: bytes, limit: int, reverse: bool, version: int
     ) -> list[tuple[bytes, bytes]]:
-        lo = bisect.bisect_left(self._keys, begin)
-        hi = bisect.bisect_left(self._keys, end, lo)
-        indexes = range(hi - 1, lo - 1, -1) if reverse else range(lo, hi)
         out: list[tuple[bytes, bytes]] = []
-        for i in indexes:
-            key = self._keys[i]
+        for key in self._keys.irange(begin, end, reverse):
             value = self.value_at(key, version)
             if value is not None:
                 out.append((key, value))
@@ -132,9 +189,7 @@ class MemoryEngine:
         elif op is MutationType.CLEAR:
             self._write(version, key, None)
         elif op is MutationType.CLEAR_RANGE:
-            lo = bisect.bisect_left(self._keys, key)
-            hi = bisect.bisect_left(self._keys, param, lo)
-            for victim in self._keys[lo:hi]:
+            for victim in list(self._keys.irange(key, param)):
                 self._write(version, victim, None)
         else:
             self._write(version, key, apply_atomic(op, self.value_at(key, version), param))
@@ -144,7 +199,7 @@ class MemoryEngine:
         if history is None:
             if value is None:
                 return
-            bisect.insort(self._keys, key)
+            self._keys.add(key)
             self._versions[key] = [(version, value)]
             return
         if history[-1][1] is None and value is not None:
@@ -176,5 +231,5 @@ class MemoryEngine:
                 del self._versions[key]
             else:
                 live.append(key)
-        self._keys = live
+        self._keys = SortedKeys(live)
         self._tombstones = sum(1 for k in live if self._versions[k][-1][1] is None)
