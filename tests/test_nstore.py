@@ -1033,7 +1033,9 @@ def test_benchmark_checks_itself() -> None:
 
     rows = bench_nstore.run(subjects=200, batch=50)
     assert [row["engine"] for row in rows] == ["memory", "sqlite"]
-    assert all(row["planner gain"] > 0 for row in rows)
+    # Rates only: a timing ratio would make this test depend on machine load.
+    rates = [v for row in rows for k, v in row.items() if k.endswith("/s)")]
+    assert rates and all(isinstance(v, int) and v > 0 for v in rates)
     assert "| engine |" in bench_nstore.markdown(rows)
 
 
