@@ -1,16 +1,28 @@
-"""The tuple encoding: official vectors, the documented table, ordering properties, errors."""
+"""The tuple encoding: official vectors, the documented table, ordering properties, errors.
+
+Every test runs twice, against the pure-Python ``pack``/``unpack`` and against the compiled
+accelerator (skipped, with its reason, where the extension was not built); the last section
+checks the two against each other.
+"""
 
 from __future__ import annotations
 
 import enum
+import gc
+import importlib
 import json
 import math
+import os
 import pickle
 import re
+import shutil
 import struct
+import subprocess
+import sys
+import tracemalloc
 import uuid
 from collections import namedtuple
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +37,7 @@ from shale.tuple import (
     Versionstamp,
     compare,
     has_incomplete_versionstamp,
-    pack,
     pack_with_versionstamp,
-    unpack,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -53,11 +63,33 @@ def canon(value: Any) -> Any:
     return (type(value).__name__, value)
 
 
+# --------------------------------------------------------------------------- implementations
+
+
+@pytest.fixture(scope="module", autouse=True, params=["pure", "accelerated"])
+def implementation(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Put one implementation behind ``tup.pack`` and ``tup.unpack`` for the whole module.
+
+    The module's own functions (``range``, ``compare``) call them through the same names, so
+    they are covered too. Module scope, because Hypothesis refuses function-scoped fixtures.
+    """
+    if request.param == "accelerated" and tup._compiled is None:
+        pytest.skip(
+            "shale._tuple_accel is not built (pip found no C compiler, or its self-check "
+            "failed): only the pure-Python implementation is tested"
+        )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tup, "pack", getattr(tup, f"_{request.param}_pack"))
+        patch.setattr(tup, "unpack", getattr(tup, f"_{request.param}_unpack"))
+        yield str(request.param)
+
+
 # --------------------------------------------------------------------------- public surface
 
 
 def test_all_is_pinned() -> None:
     assert set(tup.__all__) == {
+        "ACCELERATED",
         "BYTES_CODE",
         "DOUBLE_CODE",
         "FALSE_CODE",
@@ -143,12 +175,12 @@ def test_vector_file_is_complete() -> None:
 
 @pytest.mark.parametrize(("value", "packed"), VECTOR_CASES)
 def test_vector_packs(value: tuple[Any, ...], packed: bytes) -> None:
-    assert pack(value) == packed
+    assert tup.pack(value) == packed
 
 
 @pytest.mark.parametrize(("value", "packed"), VECTOR_CASES)
 def test_vector_unpacks(value: tuple[Any, ...], packed: bytes) -> None:
-    assert canon(unpack(packed)) == canon(value)
+    assert canon(tup.unpack(packed)) == canon(value)
 
 
 # --------------------------------------------------------------------------- documented table
@@ -189,22 +221,22 @@ def test_doc_table_row(code: int, case: str) -> None:
         value = eval(packing["value"], {"__builtins__": {}}, _DOC_NAMES)
         packed = h(packing["hex"])
         assert packed[0] == code, "the example does not use its row's code"
-        assert pack(value) == packed
-        assert canon(unpack(packed)) == canon(value)
+        assert tup.pack(value) == packed
+        assert canon(tup.unpack(packed)) == canon(value)
         return
     rejecting = _REJECT_ROW.match(case)
     assert rejecting is not None, f"unreadable test case: {case}"
     data = h(rejecting["hex"])
     assert data[0] == code
     with pytest.raises(TupleError, match=f"unknown type code 0x{code:02x} at offset 0"):
-        unpack(data)
+        tup.unpack(data)
 
 
 def test_undocumented_codes_are_rejected() -> None:
     supported = {code for code, case in DOC_ROWS if _PACK_ROW.match(case)}
     for code in set(range(256)) - supported:
         with pytest.raises(TupleError, match=f"unknown type code 0x{code:02x}"):
-            unpack(bytes([code]) + b"\x00" * 20)
+            tup.unpack(bytes([code]) + b"\x00" * 20)
 
 
 def test_doc_versionstamp_table() -> None:
@@ -252,25 +284,25 @@ def test_doc_versionstamp_table() -> None:
     ],
 )
 def test_spec_examples(value: tuple[Any, ...], packed: str) -> None:
-    assert pack(value) == h(packed)
-    assert canon(unpack(h(packed))) == canon(value)
+    assert tup.pack(value) == h(packed)
+    assert canon(tup.unpack(h(packed))) == canon(value)
 
 
 def test_biggest_integers() -> None:
     top = 2**2040 - 1
-    assert pack((top,)) == b"\x1d\xff" + b"\xff" * 255
-    assert pack((-top,)) == b"\x0b\x00" + b"\x00" * 255
-    assert unpack(pack((top, -top))) == (top, -top)
+    assert tup.pack((top,)) == b"\x1d\xff" + b"\xff" * 255
+    assert tup.pack((-top,)) == b"\x0b\x00" + b"\x00" * 255
+    assert tup.unpack(tup.pack((top, -top))) == (top, -top)
 
 
 def test_java_form_of_the_largest_eight_byte_integer_decodes() -> None:
-    assert unpack(b"\x1c" + b"\xff" * 8) == (2**64 - 1,)
-    assert unpack(b"\x0c" + b"\x00" * 8) == (-(2**64 - 1),)
+    assert tup.unpack(b"\x1c" + b"\xff" * 8) == (2**64 - 1,)
+    assert tup.unpack(b"\x0c" + b"\x00" * 8) == (-(2**64 - 1),)
 
 
 def test_bool_is_not_an_int() -> None:
-    assert pack((True, False, 1, 0)) == h("27 26 15 01 14")
-    decoded = unpack(h("27 26 15 01 14"))
+    assert tup.pack((True, False, 1, 0)) == h("27 26 15 01 14")
+    decoded = tup.unpack(h("27 26 15 01 14"))
     assert [type(v) for v in decoded] == [bool, bool, int, int]
 
 
@@ -282,36 +314,36 @@ def test_subclasses_pack_like_their_base() -> None:
         pass
 
     Point = namedtuple("Point", "x y")
-    assert pack((Color.RED, Text("a"), Point(1, 2))) == pack((7, "a", (1, 2)))
-    assert pack(Point(1, None)) == pack((1, None))
+    assert tup.pack((Color.RED, Text("a"), Point(1, 2))) == tup.pack((7, "a", (1, 2)))
+    assert tup.pack(Point(1, None)) == tup.pack((1, None))
 
 
 def test_lists_pack_like_tuples_and_decode_as_tuples() -> None:
-    assert pack([1, [2, None]]) == pack((1, (2, None)))
-    assert unpack(pack([1, [2, None]])) == (1, (2, None))
+    assert tup.pack([1, [2, None]]) == tup.pack((1, (2, None)))
+    assert tup.unpack(tup.pack([1, [2, None]])) == (1, (2, None))
 
 
 def test_prefix() -> None:
-    assert pack(("a",), prefix=b"\xfe") == b"\xfe\x02a\x00"
-    assert unpack(b"\xfe\x02a\x00", prefix_len=1) == ("a",)
-    assert pack((), prefix=b"p") == b"p"
-    assert pack((1,), prefix=bytearray(b"p")) == b"p\x15\x01"
+    assert tup.pack(("a",), prefix=b"\xfe") == b"\xfe\x02a\x00"
+    assert tup.unpack(b"\xfe\x02a\x00", prefix_len=1) == ("a",)
+    assert tup.pack((), prefix=b"p") == b"p"
+    assert tup.pack((1,), prefix=bytearray(b"p")) == b"p\x15\x01"
 
 
 def test_unpack_accepts_bytes_like() -> None:
-    assert unpack(bytearray(b"\x01a\x00")) == (b"a",)
-    assert unpack(memoryview(b"\x01a\x00")) == (b"a",)
-    assert type(unpack(bytearray(b"\x01a\x00"))[0]) is bytes
+    assert tup.unpack(bytearray(b"\x01a\x00")) == (b"a",)
+    assert tup.unpack(memoryview(b"\x01a\x00")) == (b"a",)
+    assert type(tup.unpack(bytearray(b"\x01a\x00"))[0]) is bytes
 
 
 def test_escaped_strings_in_nested_tuples() -> None:
     value = (("\x00", b"\x00\x00", None, ("\x00\xff",)), b"\xff\x00")
-    assert unpack(pack(value)) == value
+    assert tup.unpack(tup.pack(value)) == value
 
 
 def test_decoded_uuids_are_ordinary() -> None:
     original = uuid.UUID("12345678-1234-5678-1234-567812345678")
-    (decoded,) = unpack(pack((original,)))
+    (decoded,) = tup.unpack(tup.pack((original,)))
     assert type(decoded) is uuid.UUID
     assert decoded == original and hash(decoded) == hash(original)
     assert str(decoded) == str(original) and decoded.is_safe is uuid.SafeUUID.unknown
@@ -323,10 +355,10 @@ def test_decoded_uuids_are_ordinary() -> None:
 def test_range() -> None:
     start, stop = tup.range(("a",))
     assert (start, stop) == (h("02 61 00 00"), h("02 61 00 ff"))
-    assert start <= pack(("a", None)) < stop
-    assert start <= pack(("a", (), "z" * 100)) < stop
-    assert not start <= pack(("a",)) < stop
-    assert not start <= pack(("b",)) < stop
+    assert start <= tup.pack(("a", None)) < stop
+    assert start <= tup.pack(("a", (), "z" * 100)) < stop
+    assert not start <= tup.pack(("a",)) < stop
+    assert not start <= tup.pack(("b",)) < stop
     assert tup.range(()) == (b"\x00", b"\xff")
 
 
@@ -376,8 +408,8 @@ def test_single_float_equality_and_order_follow_the_bytes() -> None:
 
 def test_single_float_keeps_exact_bits_through_unpack() -> None:
     signaling_nan = h("20 ff a0 00 01")  # payload that a float64 round trip may quieten
-    (value,) = unpack(signaling_nan)
-    assert pack((value,)) == signaling_nan
+    (value,) = tup.unpack(signaling_nan)
+    assert tup.pack((value,)) == signaling_nan
 
 
 @pytest.mark.parametrize("bad", ["1.0", None, True, b"x"])
@@ -478,9 +510,11 @@ def test_versionstamp_from_bytes_validation() -> None:
 
 def test_complete_versionstamp_packs_and_unpacks() -> None:
     value = ("a", Versionstamp(TR, 0x0B0C), (Versionstamp(TR),))
-    packed = pack(value)
-    assert packed[3:] == h("33 01 02 03 04 05 06 07 08 09 0a 0b 0c") + pack(((Versionstamp(TR),),))
-    assert unpack(packed) == value
+    packed = tup.pack(value)
+    assert packed[3:] == h("33 01 02 03 04 05 06 07 08 09 0a 0b 0c") + tup.pack(
+        ((Versionstamp(TR),),)
+    )
+    assert tup.unpack(packed) == value
 
 
 def test_pack_with_versionstamp_top_level() -> None:
@@ -505,7 +539,11 @@ def test_pack_with_versionstamp_deep_offset() -> None:
     packed = pack_with_versionstamp(value, prefix=b"pre")
     offset = struct.unpack("<I", packed[-4:])[0]
     assert packed[offset : offset + 12] == b"\xff" * 10 + b"\x00\x09"
-    assert unpack(packed[:-4], prefix_len=3) == (b"\x00", (None, ("x", Versionstamp(None, 9))), 1)
+    assert tup.unpack(packed[:-4], prefix_len=3) == (
+        b"\x00",
+        (None, ("x", Versionstamp(None, 9))),
+        1,
+    )
 
 
 def test_pack_with_versionstamp_needs_one_stamp() -> None:
@@ -521,7 +559,7 @@ def test_pack_with_versionstamp_needs_one_stamp() -> None:
 
 def test_plain_pack_refuses_an_incomplete_versionstamp() -> None:
     with pytest.raises(ValueError, match=r"incomplete Versionstamp at t\[1\]\[0\]"):
-        pack(("a", (Versionstamp(),)))
+        tup.pack(("a", (Versionstamp(),)))
     with pytest.raises(TupleError, match="use pack_with_versionstamp"):
         tup.range((Versionstamp(),))
 
@@ -549,7 +587,7 @@ class Opaque:
 )
 def test_unpackable_values(value: tuple[Any, ...], message: str) -> None:
     with pytest.raises(TupleError, match=message):
-        pack(value)
+        tup.pack(value)
 
 
 @pytest.mark.parametrize("bad", ["abc", b"abc", 5, None, {1: 2}])
@@ -557,12 +595,12 @@ def test_pack_needs_a_sequence(bad: Any) -> None:
     with pytest.raises(
         TypeError, match=f"pack\\(\\) needs a tuple or list, got {type(bad).__name__}"
     ):
-        pack(bad)
+        tup.pack(bad)
 
 
 def test_pack_prefix_must_be_bytes() -> None:
     with pytest.raises(TypeError, match="prefix must be bytes, got str"):
-        pack((1,), prefix="p")  # type: ignore[arg-type]
+        tup.pack((1,), prefix="p")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -592,19 +630,19 @@ def test_pack_prefix_must_be_bytes() -> None:
 )
 def test_bad_bytes(data: str, message: str) -> None:
     with pytest.raises(TupleError, match=message):
-        unpack(h(data))
+        tup.unpack(h(data))
 
 
 @pytest.mark.parametrize("bad", ["abc", 5, None, [1]])
 def test_unpack_needs_bytes(bad: Any) -> None:
     with pytest.raises(TypeError, match="unpack\\(\\) needs bytes"):
-        unpack(bad)
+        tup.unpack(bad)
 
 
 @pytest.mark.parametrize("prefix_len", [-1, 4])
 def test_unpack_prefix_len_in_range(prefix_len: int) -> None:
     with pytest.raises(TupleError, match=f"prefix_len {prefix_len} is outside 0..3"):
-        unpack(b"abc", prefix_len=prefix_len)
+        tup.unpack(b"abc", prefix_len=prefix_len)
 
 
 # --------------------------------------------------------------------------- properties
@@ -669,15 +707,15 @@ def tuple_key(value: tuple[Any, ...]) -> Any:
 
 @given(TUPLES)
 def test_round_trip(value: tuple[Any, ...]) -> None:
-    assert canon(unpack(pack(value))) == canon(value)
+    assert canon(tup.unpack(tup.pack(value))) == canon(value)
 
 
 @settings(max_examples=200)
 @given(st.lists(TUPLES, min_size=2, max_size=8))
 def test_byte_order_is_value_order(values: list[tuple[Any, ...]]) -> None:
-    by_bytes = sorted(values, key=pack)
+    by_bytes = sorted(values, key=tup.pack)
     by_value = sorted(values, key=tuple_key)
-    assert [pack(v) for v in by_bytes] == [pack(v) for v in by_value]
+    assert [tup.pack(v) for v in by_bytes] == [tup.pack(v) for v in by_value]
     a, b = values[0], values[1]
     expected = (tuple_key(a) > tuple_key(b)) - (tuple_key(a) < tuple_key(b))
     assert compare(a, b) == expected
@@ -685,7 +723,7 @@ def test_byte_order_is_value_order(values: list[tuple[Any, ...]]) -> None:
 
 @given(TUPLES, VALUES)
 def test_extending_a_tuple_sorts_after_it(value: tuple[Any, ...], extra: Any) -> None:
-    assert pack(value) < pack((*value, extra))
+    assert tup.pack(value) < tup.pack((*value, extra))
 
 
 @given(TUPLES, st.lists(VALUES, min_size=1, max_size=3).map(tuple), TUPLES)
@@ -693,27 +731,27 @@ def test_range_holds_exactly_the_extensions(
     value: tuple[Any, ...], suffix: tuple[Any, ...], other: tuple[Any, ...]
 ) -> None:
     start, stop = tup.range(value)
-    assert start <= pack(value + suffix) < stop
-    assert not start <= pack(value) < stop
+    assert start <= tup.pack(value + suffix) < stop
+    assert not start <= tup.pack(value) < stop
     extends = len(other) > len(value) and canon(other[: len(value)]) == canon(value)
-    assert (start <= pack(other) < stop) == extends
+    assert (start <= tup.pack(other) < stop) == extends
 
 
 @given(TUPLES, st.binary(max_size=4))
 def test_prefix_round_trip(value: tuple[Any, ...], prefix: bytes) -> None:
-    packed = pack(value, prefix=prefix)
-    assert packed == prefix + pack(value)
-    assert canon(unpack(packed, prefix_len=len(prefix))) == canon(value)
+    packed = tup.pack(value, prefix=prefix)
+    assert packed == prefix + tup.pack(value)
+    assert canon(tup.unpack(packed, prefix_len=len(prefix))) == canon(value)
 
 
 @given(st.binary(max_size=30))
 def test_unpack_of_garbage_raises_only_tuple_error(data: bytes) -> None:
     try:
-        value = unpack(data)
+        value = tup.unpack(data)
     except TupleError:
         return
     if not has_incomplete_versionstamp(value):
-        assert canon(unpack(pack(value))) == canon(value)
+        assert canon(tup.unpack(tup.pack(value))) == canon(value)
 
 
 # --------------------------------------------------------------------------- against fdb.tuple
@@ -743,6 +781,265 @@ def test_matches_official_fdb_tuple(value: tuple[Any, ...]) -> None:
         "fdb.tuple", reason="the official bindings (package foundationdb) are not installed"
     )
     official = fdb_tuple.pack(_to_official(value, fdb_tuple))
-    assert pack(value) == official
-    assert canon(unpack(official)) == canon(value)
-    assert canon(fdb_tuple.unpack(pack(value))) == canon(_to_official(value, fdb_tuple))
+    assert tup.pack(value) == official
+    assert canon(tup.unpack(official)) == canon(value)
+    assert canon(fdb_tuple.unpack(tup.pack(value))) == canon(_to_official(value, fdb_tuple))
+
+
+# --------------------------------------------------------------------------- accelerator
+
+
+def _outcome(function: Callable[..., Any], *args: Any) -> Any:
+    """What a call gives: its value in canonical form, or its exception's type and message."""
+    try:
+        return ("value", canon(function(*args)))
+    except Exception as exc:
+        return ("error", type(exc), str(exc))
+
+
+class _Text(str):
+    pass
+
+
+class _Small(enum.IntEnum):
+    SEVEN = 7
+
+
+_Pair = namedtuple("_Pair", "x y")
+
+# Values the compiled code leaves to the pure one, to be encoded or refused there.
+ODD_SCALARS = st.one_of(
+    st.sampled_from([{1}, bytearray(b"x"), 1j, Opaque(), "\ud800", _Small.SEVEN, _Text("a")]),
+    st.sampled_from([2**64 - 1, -(2**64 - 1), 2**2040, -(2**2040), True]),
+    st.builds(_Pair, SCALARS, SCALARS),
+    st.just(Versionstamp.incomplete(5)),
+)
+ANY_TUPLES = st.lists(
+    st.recursive(
+        st.one_of(SCALARS, ODD_SCALARS),
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.lists(inner, max_size=4).map(tuple)
+        ),
+        max_leaves=12,
+    ),
+    max_size=5,
+).map(tuple)
+
+# What the compiled code handles itself, without falling back.
+COMMON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.binary(max_size=12),
+    st.text(max_size=8),
+    st.text(alphabet=st.sampled_from("\x00\xff\u00d4\U0001f4a9a"), max_size=6),
+    st.integers(min_value=-(2**64 - 2), max_value=2**64 - 2),
+    st.sampled_from([v for v in BOUNDARY_INTS if abs(v) <= 2**64 - 2]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.uuids(),
+)
+COMMON_TUPLES = st.lists(
+    st.recursive(
+        COMMON_SCALARS,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.lists(inner, max_size=4).map(tuple)
+        ),
+        max_leaves=12,
+    ),
+    max_size=5,
+)
+
+_FRAGMENTS = [bytes([code]) for code in (0, 1, 2, 5, 0x0B, 0x0C, 0x13, 0x14, 0x15, 0x1C, 0x1D)]
+_FRAGMENTS += [bytes([code]) for code in (0x20, 0x21, 0x26, 0x27, 0x30, 0x33, 0xFF)]
+_FRAGMENTS += [b"\x00\xff", b"\xff" * 8, b"\x00" * 8, "\u00d4".encode(), b"\xed\xa0\x80"]
+
+
+@st.composite
+def _damaged(draw: st.DrawFn) -> bytes:
+    """A valid packing with a few bytes changed, dropped or inserted."""
+    data = bytearray(tup._pure_pack(draw(TUPLES)))
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(data)))
+        edit = draw(st.sampled_from(["set", "drop", "insert", "cut"]))
+        if edit == "cut":
+            del data[at:]
+        elif edit == "insert":
+            data[at:at] = draw(st.sampled_from(_FRAGMENTS))
+        elif at < len(data):
+            if edit == "drop":
+                del data[at]
+            else:
+                data[at] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+GARBAGE = st.one_of(
+    st.binary(max_size=40),
+    st.lists(st.one_of(st.sampled_from(_FRAGMENTS), st.binary(max_size=3)), max_size=12).map(
+        b"".join
+    ),
+    _damaged(),
+)
+
+
+class TestAcceleratorBuild:
+    """Whether the extension is there and in use. These tests run once, not per implementation."""
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def implementation(cls) -> str:
+        return "either"
+
+    def test_extension_is_built_and_used(self) -> None:
+        # Where a compiler exists pip builds the extension, so its absence is a build failure.
+        if shutil.which("cc") is None and shutil.which("gcc") is None:
+            pytest.skip("no C compiler here, so pip installs shale without its accelerator")
+        module = importlib.import_module("shale._tuple_accel")
+        source = Path(tup.__file__).with_name("_tuple_accel.c")
+        if source.exists() and module.__file__ is not None:
+            assert Path(module.__file__).stat().st_mtime >= source.stat().st_mtime, (
+                "the built extension predates _tuple_accel.c: rebuild it (pip install -e .)"
+            )
+        assert tup._compiled is not None, "shale._tuple_accel failed its self-check at import"
+        turned_off = os.environ.get("SHALE_PURE_TUPLE") == "1"
+        assert tup.ACCELERATED is not turned_off
+
+    def test_pure_tuple_variable_turns_it_off(self) -> None:
+        code = "import shale.tuple as t; print(t.ACCELERATED, t.pack is t._pure_pack)"
+        env = {**os.environ, "SHALE_PURE_TUPLE": "1"}
+        result = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        assert result.stdout.split() == ["False", "True"]
+
+
+class TestAcceleratorAgainstPure:
+    """The compiled code checked against the pure one. These tests call both themselves."""
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def implementation(cls) -> Iterator[str]:
+        # Replaces the module's fixture of the same name: these tests run once, not per
+        # implementation. Without the extension there is nothing to compare.
+        if tup._compiled is None:
+            pytest.skip("shale._tuple_accel is not built: nothing to compare")
+        yield "both"
+
+    def test_public_functions_keep_their_names_and_docs(self) -> None:
+        for name in ("pack", "unpack"):
+            accelerated = getattr(tup, f"_accelerated_{name}")
+            pure = getattr(tup, f"_pure_{name}")
+            assert accelerated.__name__ == name and accelerated.__doc__ == pure.__doc__
+
+    @settings(max_examples=500)
+    @given(ANY_TUPLES, st.binary(max_size=3))
+    def test_pack_gives_what_pure_gives(self, value: tuple[Any, ...], prefix: bytes) -> None:
+        expected = _outcome(tup._pure_pack, value, prefix)
+        assert _outcome(tup._accelerated_pack, value, prefix) == expected
+
+    @settings(max_examples=500)
+    @given(COMMON_TUPLES, st.binary(max_size=3))
+    def test_common_values_never_fall_back(self, value: list[Any], prefix: bytes) -> None:
+        packed = tup._compiled_pack(value, prefix)
+        assert packed is not NotImplemented
+        assert packed == tup._pure_pack(value, prefix)
+        decoded = tup._compiled_unpack(packed, len(prefix))
+        assert decoded is not NotImplemented
+        assert canon(decoded) == canon(value)
+        assert canon(decoded) == canon(tup._pure_unpack(packed, len(prefix)))
+
+    @settings(max_examples=1000)
+    @given(GARBAGE, st.integers(0, 3))
+    def test_unpack_of_any_bytes_gives_what_pure_gives(self, data: bytes, prefix_len: int) -> None:
+        prefix_len = min(prefix_len, len(data))
+        compiled = tup._compiled_unpack(data, prefix_len)
+        expected = _outcome(tup._pure_unpack, data, prefix_len)
+        if compiled is not NotImplemented:
+            assert expected == ("value", canon(compiled))
+        assert _outcome(tup._accelerated_unpack, data, prefix_len) == expected
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            (SingleFloat(1.5),),
+            (Versionstamp(TR),),
+            (Versionstamp(),),
+            (2**64 - 1,),
+            (-(2**64 - 1),),
+            (1, (2, [_Small.SEVEN])),
+            (_Text("a"),),
+            (_Pair(1, 2),),
+            _Pair(1, 2),
+            ({1},),
+            ("\ud800",),
+        ],
+        ids=repr,
+    )
+    def test_pack_leaves_rare_values_to_pure(self, value: Any) -> None:
+        assert tup._compiled_pack(value, b"") is NotImplemented
+        assert _outcome(tup._accelerated_pack, value) == _outcome(tup._pure_pack, value)
+
+    @pytest.mark.parametrize(
+        ("data", "prefix_len"),
+        [
+            (h("20 3f c0 00 00"), 0),
+            (h("33") + TR + h("00 01"), 0),
+            (h("1d 09 01 00 00 00 00 00 00 00 00"), 0),
+            (h("0b f6 fe ff ff ff ff ff ff ff ff"), 0),
+            (h("15"), 0),
+            (h("02 ff 00"), 0),
+            (h("05 15 01"), 0),
+            (h("03"), 0),
+            (bytearray(h("15 01")), 0),
+            (h("15 01"), True),
+            (h("15 01"), -1),
+            (h("15 01"), 3),
+            (h("15 01"), 2**70),
+        ],
+        ids=repr,
+    )
+    def test_unpack_leaves_rare_input_to_pure(self, data: Any, prefix_len: Any) -> None:
+        assert tup._compiled_unpack(data, prefix_len) is NotImplemented
+        expected = _outcome(tup._pure_unpack, data, prefix_len)
+        assert _outcome(tup._accelerated_unpack, data, prefix_len) == expected
+
+    @pytest.mark.parametrize("depth", [1, 63, 64, 65, 300])
+    def test_deep_nesting(self, depth: int) -> None:
+        value: Any = ("x", None)
+        for _ in range(depth):
+            value = [value, None]
+        packed = tup._pure_pack((value,))
+        assert tup._accelerated_pack((value,)) == packed
+        assert canon(tup._accelerated_unpack(packed)) == canon(tup._pure_unpack(packed))
+        # Deeper than 64 levels the pure code takes over: the C stack stays bounded.
+        assert (tup._compiled_pack((value,), b"") is not NotImplemented) == (depth < 64)
+        assert (tup._compiled_unpack(packed, 0) is not NotImplemented) == (depth < 64)
+
+    def test_no_memory_is_kept(self) -> None:
+        values: list[Any] = [
+            ("users", 2**40, -17, -(2**64 - 2), "\u00d4\x00" * 3, b"\x00\x01", 3.5, None, True),
+            (uuid.UUID(int=2**127 + 5), (1, [None, ()], "x" * 300)),
+            (SingleFloat(1.5), 2**70, Versionstamp(TR)),  # falls back
+        ]
+        garbage = [h("05 15 01"), h("02 ff 00"), h("30 01 02")]
+
+        def work(rounds: int) -> None:
+            for _ in range(rounds):
+                for value in values:
+                    tup._accelerated_unpack(tup._accelerated_pack(value, b"p"), 1)
+                for data in garbage:
+                    with pytest.raises(TupleError):
+                        tup._accelerated_unpack(data)
+
+        work(200)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            work(200)
+            gc.collect()
+            before = tracemalloc.get_traced_memory()[0]
+            work(5000)
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert grown < 64 * 1024, f"{grown} bytes kept after 5000 rounds"

@@ -6,7 +6,10 @@ one of the official ``fdb.tuple`` for every standard type, so keys written by Sh
 read by FoundationDB's own bindings and the other way round. ``docs/tuple.md`` lists every
 type code with an example that the test suite checks.
 
-This module depends on nothing else in Shale.
+This module depends on nothing else in Shale. ``pack`` and ``unpack`` run in C when the
+optional extension ``shale._tuple_accel`` was built (``ACCELERATED`` tells; the environment
+variable ``SHALE_PURE_TUPLE=1`` turns it off). It hands every error and every rare type to
+the pure-Python code here, so results and messages are the same either way.
 
 Errors::
 
@@ -34,12 +37,16 @@ from __future__ import annotations
 
 import builtins
 import functools
+import importlib
+import os
 import struct
 import uuid
 from collections.abc import Callable
+from types import NotImplementedType
 from typing import Any, Final, TypeAlias
 
 __all__ = [
+    "ACCELERATED",
     "BYTES_CODE",
     "DOUBLE_CODE",
     "FALSE_CODE",
@@ -800,3 +807,76 @@ def compare(a: Packable, b: Packable) -> int:
     left = _pack_lenient(a)
     right = _pack_lenient(b)
     return (left > right) - (left < right)
+
+
+# --------------------------------------------------------------------------- accelerator
+
+# The stdlib's heapq and json do the same: pure definitions first, then the compiled ones
+# over them when the extension is there. The pure functions stay the reference, and the
+# fallback whenever the compiled code returns NotImplemented, which it does for every error
+# and every rare type so that each message is written once, above.
+_pure_pack: Final = pack
+_pure_unpack: Final = unpack
+
+_Compiled: TypeAlias = Callable[[Any, Any], Any]
+
+
+def _load_accelerator() -> tuple[_Compiled, _Compiled] | None:
+    """The compiled ``pack`` and ``unpack``, set up and checked against the pure ones."""
+    try:
+        # By name, so that mypy, which cannot read the extension, sees a plain module.
+        accel = importlib.import_module("shale._tuple_accel")
+    except ImportError:
+        return None
+    sample: list[Any] = [None, b"a\x00b", "\xd4\x00", 0, 1, -1, 2**64 - 2, -(2**64 - 2)]
+    sample += [2.5, -0.0, True, (False, [None, ()])]
+    if _DECODERS[UUID_CODE] is not _decode_uuid_public:
+        # The slots that _choose_uuid_decoder found to work; without them the compiled code
+        # leaves every UUID to the pure one.
+        slots = uuid.UUID.__dict__
+        accel._init(uuid.UUID, slots["int"], slots["is_safe"], uuid.SafeUUID.unknown)
+        sample.append(uuid.UUID(int=2**128 - 2))
+    # A build that disagrees with this file (a stale .so, a changed UUID layout) is unused.
+    packed = _pure_pack(sample, b"p")
+    if accel.pack(sample, b"p") != packed:
+        return None
+    if repr(accel.unpack(packed, 1)) != repr(_pure_unpack(packed, 1)):
+        return None
+    return accel.pack, accel.unpack
+
+
+_compiled = _load_accelerator()
+# Without the extension the _accelerated_* functions below just run the pure ones.
+_compiled_pack: Final[Callable[[Any, bytes], bytes | NotImplementedType]] = (
+    _pure_pack if _compiled is None else _compiled[0]
+)
+_compiled_unpack: Final[Callable[[Any, int], tuple[Any, ...] | NotImplementedType]] = (
+    _pure_unpack if _compiled is None else _compiled[1]
+)
+
+ACCELERATED: Final = _compiled is not None and os.environ.get("SHALE_PURE_TUPLE") != "1"
+"""Whether ``pack`` and ``unpack`` run the compiled ``shale._tuple_accel``: it was built,
+passed its self-check, and ``SHALE_PURE_TUPLE=1`` is not set."""
+
+
+def _accelerated_pack(t: Packable, prefix: bytes = b"") -> bytes:
+    packed = _compiled_pack(t, prefix)
+    if packed is NotImplemented:
+        return _pure_pack(t, prefix)
+    return packed
+
+
+def _accelerated_unpack(data: bytes, prefix_len: int = 0) -> tuple[Any, ...]:
+    values = _compiled_unpack(data, prefix_len)
+    if values is NotImplemented:
+        return _pure_unpack(data, prefix_len)
+    return values
+
+
+# The public names, docstrings and signatures (help(), inspect) stay those of the pure ones.
+functools.update_wrapper(_accelerated_pack, _pure_pack)
+functools.update_wrapper(_accelerated_unpack, _pure_unpack)
+
+if ACCELERATED:
+    pack = _accelerated_pack
+    unpack = _accelerated_unpack
