@@ -15,6 +15,7 @@ EXPECTED = {
     "ExponentialBackoff",
     "FormatVersionError",
     "FullJitterBackoff",
+    "HistoryLost",
     "InvertedRange",
     "KeyOutsideLegalRange",
     "KeySelector",

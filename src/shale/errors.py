@@ -18,6 +18,7 @@
     │   ├── ReadVersionError           read version set twice, or in the future
     │   └── AccessedUnreadable         reading a key a versionstamp op will write
     └── EngineError                    the storage below failed or refused
+        ├── HistoryLost                a feed cursor is older than the retained log
         ├── UnknownEngineError         no engine serves that URL scheme
         ├── DatabaseLockedError        another process holds the database
         ├── FormatVersionError         the file was written by a newer Shale
@@ -38,6 +39,7 @@ __all__ = [
     "DatabaseLockedError",
     "EngineError",
     "FormatVersionError",
+    "HistoryLost",
     "InvertedRange",
     "KeyOutsideLegalRange",
     "KeyTooLarge",
@@ -117,6 +119,24 @@ class AccessedUnreadable(UsageError):
 
 class EngineError(ShaleError):
     """The storage engine failed or refused the operation."""
+
+
+class HistoryLost(EngineError):
+    """A change feed was resumed before the oldest change it still retains.
+
+    Never a silent skip: the consumer must rebuild its state (for example
+    from a prefeed) and resubscribe, or accept the gap and resume from
+    ``oldest``: a cursor from which ``subscribe`` delivers everything the
+    feed still retains.
+    """
+
+    def __init__(self, oldest: bytes | None, reason: str = "") -> None:
+        where = oldest.hex() if isinstance(oldest, bytes) else "none"
+        super().__init__(
+            f"the feed no longer holds the changes after this cursor ({reason}); "
+            f"oldest available position: {where}"
+        )
+        self.oldest = oldest
 
 
 class UnknownEngineError(EngineError, ValueError):

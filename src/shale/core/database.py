@@ -8,9 +8,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
+from shale import tuple as tuples
 from shale.core.retry import Backoff, FullJitterBackoff
 from shale.core.transaction import Transaction
 from shale.engines.base import Engine, KeyRange
+from shale.engines.feedlog import FeedSpec
 from shale.engines.options import window_option
 from shale.engines.registry import Registry, default_registry
 from shale.errors import CommitUnknownResult, RetryableError, UsageError
@@ -37,6 +39,10 @@ class Database:
         self.max_transaction_age = max_transaction_age
         self._watches: dict[bytes, list[tuple[bytes | None, asyncio.Future[None]]]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.feeds: dict[str, FeedSpec] = {}
+        """Declared change feeds, by name; every commit carries them to the
+        engine, which logs what it changed under their prefixes."""
+        self._next_commit: asyncio.Future[None] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -136,6 +142,17 @@ class Database:
         async with self.transaction() as tr:
             tr.clear(key)
 
+    def next_commit(self) -> asyncio.Future[None]:
+        """A future that resolves when the next commit with writes made
+        through this handle succeeds; change feeds wait on it."""
+        if self._next_commit is None or self._next_commit.done():
+            self._next_commit = asyncio.get_running_loop().create_future()
+        return self._next_commit
+
+    def _committed(self) -> None:
+        if self._next_commit is not None and not self._next_commit.done():
+            self._next_commit.set_result(None)
+
     # -- watches: fired by commits made through this handle ---------------
 
     def _add_watch(self, key: bytes, seen: bytes | None, future: asyncio.Future[None]) -> None:
@@ -198,7 +215,29 @@ async def open(
     window = window_option(merged)
     engine_class = (registry or default_registry()).engine_class(url)
     engine = await engine_class.open(url, merged)
-    return Database(engine, url, window)
+    db = Database(engine, url, window)
+    try:
+        await _load_feeds(db)
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+FEED_DECLARATIONS = b"\xff" + tuples.pack(("feeds",))
+"""``\\xff + pack(("feeds",))``: where feed declarations live (``shale.feeds``)."""
+
+
+async def _load_feeds(db: Database) -> None:
+    tr = db.transaction()
+    tr.access_system_keys = True
+    try:
+        rows = await tr.get_range(FEED_DECLARATIONS, FEED_DECLARATIONS + b"\xff")
+    finally:
+        tr.close()
+    for _, value in rows:
+        name, prefix, old_values, max_age, max_entries = tuples.unpack(value)
+        db.feeds[name] = FeedSpec(name, prefix, old_values, max_age, max_entries)
 
 
 def transactional(

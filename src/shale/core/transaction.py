@@ -671,6 +671,7 @@ class Transaction:
         self._state = _State.COMMITTED
         if self._mutations:
             self._db._notify_watches(self._writes.keys(), self._write_ranges)
+            self._db._committed()
         for key, seen, future in watched:
             self._db._add_watch(key, seen, future)
 
@@ -693,6 +694,7 @@ class Transaction:
             write_keys=self._writes.keys(),
             write_ranges=self._write_ranges,
             versionstamped=self._versionstamped,
+            feeds=tuple(self._db.feeds.values()) if self._db.feeds else (),
         )
         result = await self._db.engine.commit(request)
         if self._stamp is not None and not self._stamp.done():

@@ -19,7 +19,10 @@ import enum
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from shale.engines.feedlog import FeedSpec
 
 __all__ = [
     "Capabilities",
@@ -97,6 +100,10 @@ class CommitRequest:
     read_ranges: Sequence[KeyRange] = ()
     write_keys: AbstractSet[bytes] = field(default_factory=frozenset)
     write_ranges: Sequence[KeyRange] = ()
+    feeds: Sequence[FeedSpec] = ()
+    """Declared change feeds: the engine appends, in this commit, a log
+    entry of what the commit changed under each feed's prefix (see
+    ``shale.engines.feedlog``)."""
     versionstamped: bool = False
     """Whether any mutation is a versionstamp operation, so engines need not
     scan every mutation to find out."""

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 
 from shale.engines.atomic import materialize
 from shale.engines.base import CommitRequest, CommitResult, KeyRange, Mutation, MutationType
+from shale.engines.feedlog import FeedSpec
 from shale.errors import ConflictError, TransactionTooOld
 
-__all__ = ["GroupCommitter", "Resolver"]
+__all__ = ["BatchItem", "GroupCommitter", "Resolver", "stamp_of"]
 
 MAX_BATCH = 1024
 """Transactions per batch; bounded so one batch's fsync cannot grow without limit."""
@@ -121,8 +122,17 @@ class Resolver:
             self.floor = self._history.popleft().version
 
 
-ApplyBatch = Callable[[int, list[Sequence[Mutation]]], Awaitable[None]]
-"""Writes a batch's mutations (one list per transaction, in order) at a version."""
+BatchItem = tuple[Sequence[Mutation], Sequence[FeedSpec]]
+"""One transaction of a batch: its mutations, and the feeds it must log to."""
+
+ApplyBatch = Callable[[int, list[BatchItem]], Awaitable[None]]
+"""Writes a batch (one item per transaction, in batch order) at a version.
+Transaction ``i`` of the batch has versionstamp ``(version, i)``."""
+
+
+def stamp_of(version: int, order: int) -> bytes:
+    """The versionstamp of transaction ``order`` of the batch at ``version``."""
+    return CommitResult(version, order).versionstamp
 
 
 @dataclass(slots=True)
@@ -173,7 +183,7 @@ class GroupCommitter:
         version = self.version + 1
         self.resolver.trim()
         accepted: list[tuple[_Pending, int]] = []
-        writes: list[Sequence[Mutation]] = []
+        writes: list[BatchItem] = []
         for pending in batch:
             try:
                 self.resolver.check(pending.request)
@@ -184,7 +194,7 @@ class GroupCommitter:
             order = len(accepted)
             mutations = self._resolve_stamps(pending.request, version, order)
             accepted.append((pending, order))
-            writes.append(mutations)
+            writes.append((mutations, pending.request.feeds))
         if not accepted:
             return
         try:

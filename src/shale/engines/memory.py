@@ -9,7 +9,7 @@ engine behaves, commit for commit, like the SQLite engine does.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from operator import itemgetter
 from typing import ClassVar
 
@@ -18,10 +18,10 @@ from shale.engines.base import (
     Capabilities,
     CommitRequest,
     CommitResult,
-    Mutation,
     MutationType,
 )
-from shale.engines.local import GroupCommitter, Resolver
+from shale.engines.feedlog import FeedCapture
+from shale.engines.local import BatchItem, GroupCommitter, Resolver, stamp_of
 from shale.engines.options import window_option
 from shale.errors import ReadVersionError, TransactionTooOld
 
@@ -87,6 +87,22 @@ class SortedKeys:
                 if key >= end:
                     return
                 yield key
+
+
+class _Current:
+    """The engine's state as a batch at ``version`` is being applied."""
+
+    __slots__ = ("_engine", "_version")
+
+    def __init__(self, engine: MemoryEngine, version: int) -> None:
+        self._engine = engine
+        self._version = version
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._engine.value_at(key, self._version)
+
+    def scan(self, begin: bytes, end: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        return self._engine.range_at(begin, end, limit, False, self._version)
 
 
 class MemorySnapshot:
@@ -176,10 +192,15 @@ class MemoryEngine:
                     break
         return out
 
-    async def _apply(self, version: int, batch: list[Sequence[Mutation]]) -> None:
-        for mutations in batch:
+    async def _apply(self, version: int, batch: list[BatchItem]) -> None:
+        state = _Current(self, version)
+        for order, (mutations, feeds) in enumerate(batch):
+            capture = FeedCapture(feeds, mutations, state) if feeds else None
             for op, key, param in mutations:
                 self._apply_one(version, op, key, param)
+            if capture is not None:
+                for op, key, param in capture.finish(state, stamp_of(version, order)):
+                    self._apply_one(version, op, key, param)
         if self._tombstones > 1024 and self._tombstones * 2 > len(self._keys):
             self._sweep()
 

@@ -45,7 +45,8 @@ from urllib.parse import urlsplit
 
 from shale.engines.atomic import apply_atomic
 from shale.engines.base import Capabilities, CommitRequest, CommitResult, Mutation, MutationType
-from shale.engines.local import GroupCommitter, Resolver
+from shale.engines.feedlog import FeedCapture
+from shale.engines.local import BatchItem, GroupCommitter, Resolver, stamp_of
 from shale.engines.options import window_option
 from shale.errors import (
     DatabaseLockedError,
@@ -338,19 +339,23 @@ class SQLiteEngine:
             raise ReadOnlyError(f"{self.path} is open read-only (its format is newer)")
         return await self._committer.commit(request)
 
-    async def _apply(self, version: int, batch: list[Sequence[Mutation]]) -> None:
+    async def _apply(self, version: int, batch: list[BatchItem]) -> None:
         if self._thread is None:
             self._write_batch(version, batch)
         else:
             await self._thread.run(self._write_batch, version, batch)
 
-    def _write_batch(self, version: int, batch: list[Sequence[Mutation]]) -> None:
+    def _write_batch(self, version: int, batch: list[BatchItem]) -> None:
         conn = self._writer
+        state = _Current(conn)
         with _mapped(self.path):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for mutations in batch:
+                for order, (mutations, feeds) in enumerate(batch):
+                    capture = FeedCapture(feeds, mutations, state) if feeds else None
                     _write_mutations(conn, mutations)
+                    if capture is not None:
+                        _write_mutations(conn, capture.finish(state, stamp_of(version, order)))
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'version'", (str(version),))
                 conn.execute("COMMIT")
             except BaseException:
@@ -374,6 +379,23 @@ class SQLiteEngine:
             self._thread.stop()
         self._writer.close()
         os.close(self._lock_fd)
+
+
+class _Current:
+    """The state inside the writer's open transaction, for feed capture."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def get(self, key: bytes) -> bytes | None:
+        row = self._conn.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def scan(self, begin: bytes, end: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        sql = "SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k LIMIT ?"
+        return self._conn.execute(sql, (begin, end, limit or -1)).fetchall()
 
 
 def _write_mutations(conn: sqlite3.Connection, mutations: Sequence[Mutation]) -> None:

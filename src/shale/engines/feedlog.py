@@ -1,0 +1,176 @@
+"""The change-feed log, written by engines inside the commit it describes.
+
+Whether a write is an insert or an update, and what the old value was, is
+only known at commit time, against the state the commit applies to. An
+engine that serializes its commits (every engine using ``GroupCommitter``)
+knows that state while it applies a transaction, so it captures the keys a
+feed covers before and after, and appends the difference to the feed's log
+in the same engine transaction. Readers never add a read conflict for it,
+so a feed costs writers no conflicts.
+
+Layout, under the system keyspace (``shale.feeds`` reads it)::
+
+    \\xff + pack(("feed", name, "log", Versionstamp(stamp, part)))
+        -> pack((unix_time, ((op, key, new, old), ...)))
+    \\xff + pack(("feed", name, "state")) -> pack((entries, horizon))
+
+One committed transaction makes one entry per feed it touched, split into
+parts below the value limit; ``horizon`` is the log key of the newest part
+retention deleted (``b""`` if none), so a reader can tell a gap from an
+empty stretch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from shale import tuple as tuples
+from shale.engines.base import Mutation, MutationType
+
+__all__ = [
+    "DELETE",
+    "INSERT",
+    "UPDATE",
+    "CurrentState",
+    "FeedCapture",
+    "FeedSpec",
+    "decode_entry",
+    "feed_log",
+    "feed_state_key",
+]
+
+INSERT = 1
+DELETE = 2
+UPDATE = 4
+"""Operation codes, as BigchainDB's ``ChangeFeed`` numbers them (a bitmask)."""
+
+SYSTEM = b"\xff"
+PART_BYTES = 90_000
+"""Entries are split into parts below the 100,000-byte value limit."""
+TRIM_SLACK = 16
+"""Extra old parts one commit may trim beyond what it appended, so trimming
+catches up after a quiet spell without making any commit slow."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSpec:
+    """A declared feed, as commits carry it to the engine."""
+
+    name: str
+    prefix: bytes
+    old_values: bool = False
+    max_age: float | None = None
+    max_entries: int | None = None
+
+    def covers(self, key: bytes) -> bool:
+        return key.startswith(self.prefix)
+
+
+def feed_log(name: str) -> bytes:
+    """The raw prefix of a feed's log entries."""
+    return SYSTEM + tuples.pack(("feed", name, "log"))
+
+
+def feed_state_key(name: str) -> bytes:
+    return SYSTEM + tuples.pack(("feed", name, "state"))
+
+
+class CurrentState(Protocol):
+    """An engine's view of its state in the middle of applying a batch."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def scan(self, begin: bytes, end: bytes, limit: int) -> list[tuple[bytes, bytes]]: ...
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    stripped = prefix.rstrip(b"\xff")
+    return stripped[:-1] + bytes((stripped[-1] + 1,)) if stripped else SYSTEM
+
+
+class FeedCapture:
+    """Old values of the covered keys a transaction touches, taken before it
+    is applied; ``finish`` diffs them with the new state into log writes."""
+
+    def __init__(
+        self, feeds: Sequence[FeedSpec], mutations: Sequence[Mutation], state: CurrentState
+    ) -> None:
+        self._before: list[tuple[FeedSpec, dict[bytes, bytes | None]]] = []
+        for feed in feeds:
+            touched: dict[bytes, bytes | None] = {}
+            end = _prefix_end(feed.prefix)
+            for op, key, param in mutations:
+                if op is MutationType.CLEAR_RANGE:
+                    low, high = max(key, feed.prefix), min(param, end)
+                    if low < high:
+                        touched.update(state.scan(low, high, 0))
+                elif feed.covers(key) and key not in touched:
+                    touched[key] = state.get(key)
+            if touched:
+                self._before.append((feed, touched))
+
+    def finish(self, state: CurrentState, stamp: bytes) -> list[Mutation]:
+        """The log (and retention) writes for the transaction at ``stamp``."""
+        out: list[Mutation] = []
+        now = time.time()
+        for feed, before in self._before:
+            changes = []
+            for key in sorted(before):
+                old, new = before[key], state.get(key)
+                if old == new:
+                    continue
+                op = INSERT if old is None else DELETE if new is None else UPDATE
+                changes.append((op, key, new, old if feed.old_values else None))
+            if changes:
+                parts = _split(now, changes)
+                for part, value in enumerate(parts):
+                    key = feed_log(feed.name) + tuples.pack((tuples.Versionstamp(stamp, part),))
+                    out.append((MutationType.SET, key, value))
+                out.extend(_retain(feed, state, len(parts), now))
+        return out
+
+
+def _split(now: float, changes: list[tuple[int, bytes, bytes | None, bytes | None]]) -> list[bytes]:
+    parts: list[bytes] = []
+    current: list[tuple[int, bytes, bytes | None, bytes | None]] = []
+    size = 0
+    for change in changes:
+        weight = 16 + sum(len(x) for x in change[1:] if x)
+        if current and size + weight > PART_BYTES:
+            parts.append(tuples.pack((now, tuple(current))))
+            current, size = [], 0
+        current.append(change)
+        size += weight
+    parts.append(tuples.pack((now, tuple(current))))
+    return parts
+
+
+def _retain(feed: FeedSpec, state: CurrentState, appended: int, now: float) -> list[Mutation]:
+    """Count the new parts and trim the oldest beyond the feed's limits."""
+    state_key = feed_state_key(feed.name)
+    raw = state.get(state_key)
+    entries, horizon = tuples.unpack(raw) if raw else (0, b"")
+    entries += appended
+    out: list[Mutation] = []
+    if feed.max_entries is not None or feed.max_age is not None:
+        log = feed_log(feed.name)
+        budget = appended + TRIM_SLACK
+        for key, value in state.scan(log, log + b"\xff", budget):
+            too_many = feed.max_entries is not None and entries > feed.max_entries
+            too_old = feed.max_age is not None and tuples.unpack(value)[0] < now - feed.max_age
+            if not (too_many or too_old):
+                break
+            out.append((MutationType.CLEAR, key, b""))
+            entries -= 1
+            horizon = key
+    out.append((MutationType.SET, state_key, tuples.pack((entries, horizon))))
+    return out
+
+
+def decode_entry(value: bytes) -> tuple[float, list[tuple[int, bytes, bytes | None, bytes | None]]]:
+    """``(unix_time, [(op, key, new, old), ...])`` of one log part."""
+    when, changes = tuples.unpack(value)
+    return when, [tuple(change) for change in changes]

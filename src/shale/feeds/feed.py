@@ -1,0 +1,320 @@
+"""Declaring a feed and subscribing to it.
+
+A feed is declared on a key prefix. From then on every commit that changes
+keys under it also appends, atomically, a log entry keyed by its commit
+versionstamp (written by the engine, see ``shale.engines.feedlog``). A
+subscriber reads the log after its cursor in commit order, in short
+transactions of bounded size, and waits for the next commit when it has
+caught up — so a slow subscriber costs no memory, only lag, until it falls
+behind retention and gets ``HistoryLost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from shale import tuple as tuples
+from shale.core.database import FEED_DECLARATIONS, Database
+from shale.core.transaction import Transaction, strinc
+from shale.engines.feedlog import (
+    DELETE,
+    INSERT,
+    UPDATE,
+    FeedSpec,
+    decode_entry,
+    feed_log,
+    feed_state_key,
+)
+from shale.errors import HistoryLost, UsageError
+from shale.subspace import Subspace
+
+__all__ = ["ALL", "DELETE", "INSERT", "UPDATE", "Change", "Feed"]
+
+ALL = INSERT | DELETE | UPDATE
+_END_OF_VERSION = 0xFFFF
+"""A batch order no transaction has: ``(V, 0xFFFF)`` sorts after every commit at V."""
+_CURSOR = struct.Struct(">10sH")
+POLL_SECONDS = 1.0
+"""How long a caught-up subscriber sleeps before reading again when no
+commit through its own ``Database`` wakes it (commits by other processes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One key's change, as a feed delivers it.
+
+    ``cursor`` resumes right after this change (``subscribe(cursor=...)``).
+    All changes of one transaction share ``stamp`` and arrive consecutively;
+    ``last`` marks the final one. Prefeed changes (``prefeed=True``) are
+    the keys present at the snapshot, delivered as inserts; their cursor
+    resumes after the snapshot.
+    """
+
+    op: int
+    key: bytes
+    value: bytes | None
+    old: bytes | None
+    cursor: bytes
+    stamp: bytes
+    last: bool
+    prefeed: bool = False
+    time: float = 0.0
+
+    @property
+    def version(self) -> int:
+        """The commit version of the change (the snapshot's, for prefeed)."""
+        return int.from_bytes(self.stamp[:8], "big")
+
+
+def _validate(name: str, prefix: bytes) -> None:
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"a feed's name is a non-empty str, not {name!r}")
+    if not isinstance(prefix, bytes) or not prefix or prefix.startswith(b"\xff"):
+        raise UsageError(
+            f"a feed's prefix is non-empty bytes outside the system keyspace, not {prefix!r}"
+        )
+
+
+class Feed:
+    """A change feed on ``prefix`` (bytes or a ``Subspace``).
+
+    ``old_values``: log the value each change replaced. ``max_age`` (seconds)
+    and ``max_entries`` (log parts, about one per transaction): retention,
+    trimmed a little on every logged commit, so no commit pays for a large
+    trim; ``None`` keeps everything.
+    """
+
+    INSERT = INSERT
+    DELETE = DELETE
+    UPDATE = UPDATE
+    ALL = ALL
+
+    def __init__(
+        self,
+        name: str,
+        prefix: bytes | Subspace,
+        *,
+        old_values: bool = False,
+        max_age: float | None = None,
+        max_entries: int | None = None,
+    ) -> None:
+        raw = prefix.key() if isinstance(prefix, Subspace) else prefix
+        _validate(name, raw)
+        if max_age is not None and not max_age > 0:
+            raise UsageError(f"max_age must be a positive number of seconds, not {max_age!r}")
+        if max_entries is not None and (not isinstance(max_entries, int) or max_entries < 1):
+            raise UsageError(f"max_entries must be a positive int, not {max_entries!r}")
+        self.spec = FeedSpec(name, raw, bool(old_values), max_age, max_entries)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def prefix(self) -> bytes:
+        return self.spec.prefix
+
+    def __repr__(self) -> str:
+        return f"Feed({self.name!r}, {self.prefix!r})"
+
+    # -- declaration -------------------------------------------------------
+
+    @staticmethod
+    def _declaration_key(name: str) -> bytes:
+        return FEED_DECLARATIONS + tuples.pack((name,))
+
+    async def declare(self, db: Database) -> Feed:
+        """Record the feed; every commit from now on logs to it.
+
+        Declaring an identical feed again is a no-op; a different one under
+        the same name raises ``UsageError`` (drop it first).
+        """
+        spec = self.spec
+        value = tuples.pack(
+            (spec.name, spec.prefix, spec.old_values, spec.max_age, spec.max_entries)
+        )
+
+        async def write(tr: Transaction) -> None:
+            tr.access_system_keys = True
+            existing = await tr.get(self._declaration_key(spec.name))
+            if existing is not None and existing != value:
+                raise UsageError(
+                    f"feed {spec.name!r} is already declared differently; drop it first"
+                )
+            tr.set(self._declaration_key(spec.name), value)
+
+        await db.transact(write)
+        db.feeds[spec.name] = spec
+        return self
+
+    @classmethod
+    async def open(cls, db: Database, name: str) -> Feed:
+        """The feed declared under ``name``.
+
+        Raises:
+            UsageError: no such feed.
+        """
+        spec = db.feeds.get(name)
+        if spec is None:
+            raise UsageError(f"no feed named {name!r} is declared")
+        return cls(
+            spec.name,
+            spec.prefix,
+            old_values=spec.old_values,
+            max_age=spec.max_age,
+            max_entries=spec.max_entries,
+        )
+
+    async def drop(self, db: Database) -> None:
+        """Stop logging and delete the feed's log, state and consumers."""
+        name = self.name
+
+        async def clear(tr: Transaction) -> None:
+            tr.access_system_keys = True
+            tr.clear(self._declaration_key(name))
+            begin = b"\xff" + tuples.pack(("feed", name))
+            tr.clear_range(begin, strinc(begin))
+
+        db.feeds.pop(name, None)
+        await db.transact(clear)
+
+    # -- subscribing ---------------------------------------------------------
+
+    async def subscribe(
+        self,
+        db: Database,
+        cursor: bytes | None = None,
+        *,
+        prefeed: bool = False,
+        operations: int = ALL,
+        batch_size: int = 256,
+        poll: float = POLL_SECONDS,
+    ) -> AsyncIterator[Change]:
+        """Changes in commit order, forever (break out of the loop to stop).
+
+        With ``cursor``, continue right after that change. Without one,
+        start now — or, with ``prefeed=True``, first deliver every key under
+        the prefix as of a snapshot version V (as inserts), then every
+        change after V: no gap, no duplicate. ``operations`` filters by the
+        bitmask ``INSERT | UPDATE | DELETE``.
+
+        Raises:
+            HistoryLost: ``cursor`` is older than the retained log.
+            UsageError: bad arguments, or a cursor together with a prefeed.
+        """
+        if not 0 < operations <= ALL:
+            raise UsageError(f"operations is a mask of INSERT|UPDATE|DELETE, not {operations!r}")
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be positive, not {batch_size!r}")
+        if cursor is not None and prefeed:
+            raise UsageError("a prefeed starts a new subscription; it cannot resume a cursor")
+        if cursor is None:
+            tr = db.transaction()
+            try:
+                version = await tr.get_read_version()
+                start = version.to_bytes(8, "big") + _END_OF_VERSION.to_bytes(2, "big")
+                if prefeed:
+                    async for change in self._prefeed(tr, start, operations):
+                        yield change
+            finally:
+                tr.close()
+            position: tuple[bytes, int] = (start, _END_OF_VERSION)
+        else:
+            position = _parse_cursor(cursor)
+        async for change in self._follow(db, position, operations, batch_size, poll):
+            yield change
+
+    async def _prefeed(
+        self, tr: Transaction, start: bytes, operations: int
+    ) -> AsyncIterator[Change]:
+        """The prefix at the snapshot of ``tr`` (whose version is in ``start``).
+
+        It streams from one transaction, so it must be consumed within the
+        transaction age limit (5 s by default) or it fails with the
+        retryable ``TransactionTooOld``.
+        """
+        cursor = _CURSOR.pack(start, _END_OF_VERSION)
+        async for key, value in tr.get_range(self.prefix, strinc(self.prefix), snapshot=True):
+            if operations & INSERT:
+                yield Change(INSERT, key, value, None, cursor, start, False, True)
+
+    async def _follow(
+        self,
+        db: Database,
+        position: tuple[bytes, int],
+        operations: int,
+        batch_size: int,
+        poll: float,
+    ) -> AsyncIterator[Change]:
+        # ``seen``: the index of the last change consumed in ``stamp``'s
+        # transaction, or _END_OF_VERSION once all of it was.
+        stamp, seen = position
+        log = feed_log(self.name)
+        first_part = _END_OF_VERSION if seen == _END_OF_VERSION else 0
+        begin = log + tuples.pack((tuples.Versionstamp(stamp, first_part),))
+        await self._check_horizon(db, begin)
+        offset = 0  # index of the first change in the part ``begin`` points at
+        while True:
+            woken = db.next_commit()
+            rows = await self._read(db, begin, log + b"\xff", batch_size)
+            marks = [tuples.unpack(key[len(log) :])[0] for key, _ in rows]
+            for row, ((key, value), mark) in enumerate(zip(rows, marks, strict=True)):
+                if mark.tr_version != stamp:
+                    stamp, seen, offset = mark.tr_version, -1, 0
+                when, changes = decode_entry(value)
+                if row + 1 < len(marks):
+                    more = marks[row + 1].tr_version == stamp
+                else:
+                    more = await self._has_more_parts(db, log, stamp, mark.user_version)
+                for i, (op, k, new, old) in enumerate(changes):
+                    index = offset + i
+                    if index <= seen:
+                        continue
+                    seen = index
+                    last = not more and i == len(changes) - 1
+                    if op & operations:
+                        cursor = _CURSOR.pack(stamp, index)
+                        yield Change(op, k, new, old, cursor, stamp, last, False, when)
+                offset += len(changes)
+                begin = key + b"\x00"
+            if len(rows) < batch_size:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(woken), poll)
+
+    async def _read(
+        self, db: Database, begin: bytes, end: bytes, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        async with db.transaction() as tr:
+            tr.access_system_keys = True
+            raw = await tr.snapshot.get(feed_state_key(self.name))
+            if raw is not None:
+                _, horizon = tuples.unpack(raw)
+                if horizon and horizon >= begin:
+                    (mark,) = tuples.unpack(horizon[len(feed_log(self.name)) :])
+                    oldest = _CURSOR.pack(mark.tr_version, _END_OF_VERSION)
+                    raise HistoryLost(oldest, "retention trimmed the log past it")
+            return await tr.get_range(begin, end, limit=limit, snapshot=True)
+
+    async def _has_more_parts(self, db: Database, log: bytes, stamp: bytes, part: int) -> bool:
+        if part == _END_OF_VERSION:
+            return False
+        async with db.transaction() as tr:
+            tr.access_system_keys = True
+            nxt = log + tuples.pack((tuples.Versionstamp(stamp, part + 1),))
+            return await tr.snapshot.get(nxt) is not None
+
+    async def _check_horizon(self, db: Database, begin: bytes) -> None:
+        await self._read(db, begin, begin, 1)
+
+
+def _parse_cursor(cursor: bytes) -> tuple[bytes, int]:
+    if not isinstance(cursor, bytes) or len(cursor) != _CURSOR.size:
+        raise UsageError(
+            f"a feed cursor is {_CURSOR.size} bytes from Change.cursor, not {cursor!r}"
+        )
+    stamp, index = _CURSOR.unpack(cursor)
+    return stamp, index
