@@ -160,7 +160,7 @@ def _retain(feed: FeedSpec, state: CurrentState, appended: int, now: float) -> l
         budget = appended + TRIM_SLACK
         for key, value in state.scan(log, log + b"\xff", budget):
             too_many = feed.max_entries is not None and entries > feed.max_entries
-            too_old = feed.max_age is not None and tuples.unpack(value)[0] < now - feed.max_age
+            too_old = feed.max_age is not None and _written_at(value) < now - feed.max_age
             if not (too_many or too_old):
                 break
             out.append((MutationType.CLEAR, key, b""))
@@ -168,6 +168,13 @@ def _retain(feed: FeedSpec, state: CurrentState, appended: int, now: float) -> l
             horizon = key
     out.append((MutationType.SET, state_key, tuples.pack((entries, horizon))))
     return out
+
+
+def _written_at(value: bytes) -> float:
+    """The time of a log part, decoding only its first element (a double,
+    9 bytes) rather than the whole part."""
+    (when,) = tuples.unpack(value[:9])
+    return float(when)
 
 
 def decode_entry(value: bytes) -> tuple[float, list[tuple[int, bytes, bytes | None, bytes | None]]]:
