@@ -12,7 +12,7 @@ from shale import tuple as tuples
 from shale.core.retry import Backoff, FullJitterBackoff
 from shale.core.transaction import Transaction
 from shale.engines.base import Engine, KeyRange
-from shale.engines.feedlog import FeedSpec
+from shale.engines.feedlog import FeedSpec, decode_declaration
 from shale.engines.options import window_option
 from shale.engines.registry import Registry, default_registry
 from shale.errors import CommitUnknownResult, RetryableError, UsageError
@@ -236,8 +236,8 @@ async def _load_feeds(db: Database) -> None:
     finally:
         tr.close()
     for _, value in rows:
-        name, prefix, old_values, max_age, max_entries = tuples.unpack(value)
-        db.feeds[name] = FeedSpec(name, prefix, old_values, max_age, max_entries)
+        spec = decode_declaration(value)
+        db.feeds[spec.name] = spec
 
 
 def transactional(

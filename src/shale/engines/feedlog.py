@@ -22,22 +22,28 @@ empty stretch.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from shale import tuple as tuples
+from shale.engines.atomic import apply_atomic
 from shale.engines.base import Mutation, MutationType
+from shale.errors import FormatVersionError
 
 __all__ = [
     "DELETE",
+    "FORMAT",
     "INSERT",
     "UPDATE",
     "CurrentState",
     "FeedCapture",
     "FeedSpec",
+    "decode_declaration",
     "decode_entry",
+    "encode_declaration",
     "feed_log",
     "feed_state_key",
 ]
@@ -49,7 +55,8 @@ UPDATE = 4
 
 SYSTEM = b"\xff"
 PART_BYTES = 90_000
-"""Entries are split into parts below the 100,000-byte value limit."""
+"""Entries are split into parts of about this size, so parts stay below the
+100,000-byte value limit; one change larger than that gets a part of its own."""
 TRIM_SLACK = 16
 """Extra old parts one commit may trim beyond what it appended, so trimming
 catches up after a quiet spell without making any commit slow."""
@@ -69,9 +76,36 @@ class FeedSpec:
         return key.startswith(self.prefix)
 
 
+@functools.lru_cache(maxsize=1024)
 def feed_log(name: str) -> bytes:
     """The raw prefix of a feed's log entries."""
     return SYSTEM + tuples.pack(("feed", name, "log"))
+
+
+FORMAT = (1, 0)
+"""(major, minor) of the feed declaration and log layout; a declaration of
+a newer major is refused when the database opens."""
+
+
+def encode_declaration(spec: FeedSpec) -> bytes:
+    return tuples.pack(
+        (*FORMAT, spec.name, spec.prefix, spec.old_values, spec.max_age, spec.max_entries)
+    )
+
+
+def decode_declaration(value: bytes) -> FeedSpec:
+    """The feed a stored declaration describes.
+
+    Raises:
+        FormatVersionError: written by a newer major version of Shale.
+    """
+    major, _minor, name, prefix, old_values, max_age, max_entries = tuples.unpack(value)
+    if major > FORMAT[0]:
+        raise FormatVersionError(
+            f"feed {name!r} has format {major}.{_minor}, newer than this Shale reads; "
+            "upgrade shaledb"
+        )
+    return FeedSpec(name, prefix, old_values, max_age, max_entries)
 
 
 def feed_state_key(name: str) -> bytes:
@@ -83,6 +117,8 @@ class CurrentState(Protocol):
 
     def get(self, key: bytes) -> bytes | None: ...
 
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
+
     def scan(self, begin: bytes, end: bytes, limit: int) -> list[tuple[bytes, bytes]]: ...
 
 
@@ -92,45 +128,78 @@ def _prefix_end(prefix: bytes) -> bytes:
 
 
 class FeedCapture:
-    """Old values of the covered keys a transaction touches, taken before it
-    is applied; ``finish`` diffs them with the new state into log writes."""
+    """What a transaction changes under each feed, worked out around its
+    application: the covered keys' values are read once, before; the values
+    after follow from replaying the mutations on them (the same semantics
+    the engine applies), so nothing is read twice."""
 
     def __init__(
         self, feeds: Sequence[FeedSpec], mutations: Sequence[Mutation], state: CurrentState
     ) -> None:
-        self._before: list[tuple[FeedSpec, dict[bytes, bytes | None]]] = []
+        self._changed: list[tuple[FeedSpec, dict[bytes, bytes | None], dict[bytes, bytes | None]]]
+        self._changed = []
         for feed in feeds:
-            touched: dict[bytes, bytes | None] = {}
             end = _prefix_end(feed.prefix)
-            for op, key, param in mutations:
+            covered: list[Mutation] = []
+            points: list[bytes] = []
+            ranges: list[tuple[bytes, bytes]] = []
+            for mutation in mutations:
+                op, key, param = mutation
                 if op is MutationType.CLEAR_RANGE:
                     low, high = max(key, feed.prefix), min(param, end)
                     if low < high:
-                        touched.update(state.scan(low, high, 0))
-                elif feed.covers(key) and key not in touched:
-                    touched[key] = state.get(key)
-            if touched:
-                self._before.append((feed, touched))
+                        covered.append((op, low, high))
+                        ranges.append((low, high))
+                elif key.startswith(feed.prefix):
+                    covered.append(mutation)
+                    points.append(key)
+            if not covered:
+                continue
+            unique = list(dict.fromkeys(points))
+            before = dict(zip(unique, state.get_many(unique), strict=True))
+            for low, high in ranges:
+                before.update(state.scan(low, high, 0))
+            self._changed.append((feed, before, _replay(before, covered)))
 
     def finish(self, state: CurrentState, stamp: bytes) -> list[Mutation]:
         """The log (and retention) writes for the transaction at ``stamp``."""
         out: list[Mutation] = []
         now = time.time()
-        for feed, before in self._before:
+        for feed, before, after in self._changed:
             changes = []
-            for key in sorted(before):
-                old, new = before[key], state.get(key)
+            for key in sorted(before.keys() | after.keys()):
+                old, new = before.get(key), after.get(key)
                 if old == new:
                     continue
                 op = INSERT if old is None else DELETE if new is None else UPDATE
                 changes.append((op, key, new, old if feed.old_values else None))
             if changes:
                 parts = _split(now, changes)
+                log = feed_log(feed.name)
                 for part, value in enumerate(parts):
-                    key = feed_log(feed.name) + tuples.pack((tuples.Versionstamp(stamp, part),))
+                    key = log + tuples.pack((tuples.Versionstamp(stamp, part),))
                     out.append((MutationType.SET, key, value))
-                out.extend(_retain(feed, state, len(parts), now))
+                if feed.max_age is not None or feed.max_entries is not None:
+                    out.extend(_retain(feed, state, len(parts), now))
         return out
+
+
+def _replay(
+    before: dict[bytes, bytes | None], mutations: list[Mutation]
+) -> dict[bytes, bytes | None]:
+    after = dict(before)
+    for op, key, param in mutations:
+        if op is MutationType.SET:
+            after[key] = param
+        elif op is MutationType.CLEAR:
+            after[key] = None
+        elif op is MutationType.CLEAR_RANGE:
+            for k in after:
+                if key <= k < param:
+                    after[k] = None
+        else:
+            after[key] = apply_atomic(op, after.get(key), param)
+    return after
 
 
 def _split(now: float, changes: list[tuple[int, bytes, bytes | None, bytes | None]]) -> list[bytes]:
@@ -138,7 +207,8 @@ def _split(now: float, changes: list[tuple[int, bytes, bytes | None, bytes | Non
     current: list[tuple[int, bytes, bytes | None, bytes | None]] = []
     size = 0
     for change in changes:
-        weight = 16 + sum(len(x) for x in change[1:] if x)
+        _, key, new, old = change
+        weight = 16 + len(key) + (len(new) if new else 0) + (len(old) if old else 0)
         if current and size + weight > PART_BYTES:
             parts.append(tuples.pack((now, tuple(current))))
             current, size = [], 0
@@ -158,7 +228,8 @@ def _retain(feed: FeedSpec, state: CurrentState, appended: int, now: float) -> l
     if feed.max_entries is not None or feed.max_age is not None:
         log = feed_log(feed.name)
         budget = appended + TRIM_SLACK
-        for key, value in state.scan(log, log + b"\xff", budget):
+        start = horizon + b"\x00" if horizon else log  # trimmed keys may linger as tombstones
+        for key, value in state.scan(start, log + b"\xff", budget):
             too_many = feed.max_entries is not None and entries > feed.max_entries
             too_old = feed.max_age is not None and _written_at(value) < now - feed.max_age
             if not (too_many or too_old):

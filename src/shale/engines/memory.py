@@ -9,7 +9,7 @@ engine behaves, commit for commit, like the SQLite engine does.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import ClassVar
 
@@ -100,6 +100,9 @@ class _Current:
 
     def get(self, key: bytes) -> bytes | None:
         return self._engine.value_at(key, self._version)
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        return [self._engine.value_at(key, self._version) for key in keys]
 
     def scan(self, begin: bytes, end: bytes, limit: int) -> list[tuple[bytes, bytes]]:
         return self._engine.range_at(begin, end, limit, False, self._version)

@@ -393,6 +393,14 @@ class _Current:
         row = self._conn.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        found: dict[bytes, bytes] = {}
+        for i in range(0, len(keys), 500):  # below SQLite's bound-parameter limit
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(self._conn.execute(f"SELECT k, v FROM kv WHERE k IN ({marks})", chunk))
+        return [found.get(key) for key in keys]
+
     def scan(self, begin: bytes, end: bytes, limit: int) -> list[tuple[bytes, bytes]]:
         sql = "SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k LIMIT ?"
         return self._conn.execute(sql, (begin, end, limit or -1)).fetchall()

@@ -22,6 +22,7 @@ from shale.core.database import open as open_database
 from shale.core.retry import Backoff, FullJitterBackoff
 from shale.errors import EngineError, HistoryLost, RetryableError, UsageError
 from shale.feeds.feed import ALL, DELETE, INSERT, UPDATE, Feed
+from shale.feeds.feed import _cursor_after as _after
 from shale.subspace import Subspace
 
 __all__ = ["ChangeFeed"]
@@ -95,13 +96,24 @@ class ChangeFeed:
                 await asyncio.sleep(self._backoff.delay(failures))
 
     async def _run_changefeed(self, db: Database) -> None:
-        snapshot = self.prefeed is True and self.cursor is None
-        async for change in self.feed.subscribe(
-            db, self.cursor, prefeed=snapshot, operations=self.operation
-        ):
+        if self.cursor is None:
+            # Fix the starting point before anything can fail, so that a
+            # reconnect neither skips changes nor repeats a finished prefeed.
+            if self.prefeed is True:
+                tr = db.transaction()
+                try:
+                    start = None
+                    async for change in self.feed.snapshot(tr, self.operation):
+                        await self.outqueue.put(change)
+                    start = _after(await tr.get_read_version())
+                finally:
+                    tr.close()
+                self.cursor = start
+            else:
+                self.cursor = await self.feed.position(db)
+        async for change in self.feed.subscribe(db, self.cursor, operations=self.operation):
             await self.outqueue.put(change)
-            if not change.prefeed:
-                self.cursor = change.cursor
+            self.cursor = change.cursor
 
     async def _connect(self) -> Database:
         if self._db is None:

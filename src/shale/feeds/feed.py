@@ -26,6 +26,7 @@ from shale.engines.feedlog import (
     UPDATE,
     FeedSpec,
     decode_entry,
+    encode_declaration,
     feed_log,
     feed_state_key,
 )
@@ -134,9 +135,7 @@ class Feed:
         the same name raises ``UsageError`` (drop it first).
         """
         spec = self.spec
-        value = tuples.pack(
-            (spec.name, spec.prefix, spec.old_values, spec.max_age, spec.max_entries)
-        )
+        value = encode_declaration(spec)
 
         async def write(tr: Transaction) -> None:
             tr.access_system_keys = True
@@ -147,8 +146,18 @@ class Feed:
                 )
             tr.set(self._declaration_key(spec.name), value)
 
-        await db.transact(write)
+        # Registered before the declaring commit is even queued: commits are
+        # applied in queue order, so every commit after it carries the feed.
+        previous = db.feeds.get(spec.name)
         db.feeds[spec.name] = spec
+        try:
+            await db.transact(write)
+        except BaseException:
+            if previous is None:
+                db.feeds.pop(spec.name, None)
+            else:
+                db.feeds[spec.name] = previous
+            raise
         return self
 
     @classmethod
@@ -208,6 +217,8 @@ class Feed:
         """
         if not 0 < operations <= ALL:
             raise UsageError(f"operations is a mask of INSERT|UPDATE|DELETE, not {operations!r}")
+        if self.name not in db.feeds:
+            raise UsageError(f"feed {self.name!r} is not declared in this database; declare it")
         if batch_size < 1:
             raise UsageError(f"batch_size must be positive, not {batch_size!r}")
         if cursor is not None and prefeed:
@@ -215,29 +226,31 @@ class Feed:
         if cursor is None:
             tr = db.transaction()
             try:
-                version = await tr.get_read_version()
-                start = version.to_bytes(8, "big") + _END_OF_VERSION.to_bytes(2, "big")
+                cursor = _cursor_after(await tr.get_read_version())
                 if prefeed:
-                    async for change in self._prefeed(tr, start, operations):
+                    async for change in self.snapshot(tr, operations):
                         yield change
             finally:
                 tr.close()
-            position: tuple[bytes, int] = (start, _END_OF_VERSION)
-        else:
-            position = _parse_cursor(cursor)
-        async for change in self._follow(db, position, operations, batch_size, poll):
+        async for change in self._follow(db, _parse_cursor(cursor), operations, batch_size, poll):
             yield change
 
-    async def _prefeed(
-        self, tr: Transaction, start: bytes, operations: int
-    ) -> AsyncIterator[Change]:
-        """The prefix at the snapshot of ``tr`` (whose version is in ``start``).
+    async def position(self, db: Database) -> bytes:
+        """A cursor for now: subscribing from it delivers every change that
+        commits after this call returns."""
+        async with db.transaction() as tr:
+            return _cursor_after(await tr.get_read_version())
 
-        It streams from one transaction, so it must be consumed within the
+    async def snapshot(self, tr: Transaction, operations: int = ALL) -> AsyncIterator[Change]:
+        """The keys under the prefix as ``tr`` reads them, as prefeed inserts
+        whose cursor resumes right after ``tr``'s read version.
+
+        It streams from ``tr``, so it must be consumed within the
         transaction age limit (5 s by default) or it fails with the
         retryable ``TransactionTooOld``.
         """
-        cursor = _CURSOR.pack(start, _END_OF_VERSION)
+        cursor = _cursor_after(await tr.get_read_version())
+        start = cursor[:10]
         async for key, value in tr.get_range(self.prefix, strinc(self.prefix), snapshot=True):
             if operations & INSERT:
                 yield Change(INSERT, key, value, None, cursor, start, False, True)
@@ -309,6 +322,13 @@ class Feed:
 
     async def _check_horizon(self, db: Database, begin: bytes) -> None:
         await self._read(db, begin, begin, 1)
+
+
+def _cursor_after(version: int) -> bytes:
+    """The cursor after every commit at or below ``version``: no transaction
+    has batch order 0xFFFF, so ``(version, 0xFFFF)`` sorts after them all."""
+    stamp = version.to_bytes(8, "big") + _END_OF_VERSION.to_bytes(2, "big")
+    return _CURSOR.pack(stamp, _END_OF_VERSION)
 
 
 def _parse_cursor(cursor: bytes) -> tuple[bytes, int]:
