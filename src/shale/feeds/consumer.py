@@ -10,7 +10,7 @@ instances never apply one change twice either.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from shale import tuple as tuples
@@ -62,7 +62,7 @@ class Consumer:
         finally:
             tr.access_system_keys = access
 
-    async def changes(self, db: Database, *, operations: int = ALL) -> AsyncIterator[Change]:
+    async def changes(self, db: Database, *, operations: int = ALL) -> AsyncGenerator[Change, None]:
         """The feed's changes after the stored cursor, forever."""
         async with db.transaction() as tr:
             cursor = await self.cursor(tr) or _ORIGIN

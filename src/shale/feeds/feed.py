@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from shale import tuple as tuples
@@ -202,7 +202,7 @@ class Feed:
         operations: int = ALL,
         batch_size: int = 256,
         poll: float = POLL_SECONDS,
-    ) -> AsyncIterator[Change]:
+    ) -> AsyncGenerator[Change, None]:
         """Changes in commit order, forever (break out of the loop to stop).
 
         With ``cursor``, continue right after that change. Without one,
@@ -241,7 +241,9 @@ class Feed:
         async with db.transaction() as tr:
             return _cursor_after(await tr.get_read_version())
 
-    async def snapshot(self, tr: Transaction, operations: int = ALL) -> AsyncIterator[Change]:
+    async def snapshot(
+        self, tr: Transaction, operations: int = ALL
+    ) -> AsyncGenerator[Change, None]:
         """The keys under the prefix as ``tr`` reads them, as prefeed inserts
         whose cursor resumes right after ``tr``'s read version.
 
@@ -262,7 +264,7 @@ class Feed:
         operations: int,
         batch_size: int,
         poll: float,
-    ) -> AsyncIterator[Change]:
+    ) -> AsyncGenerator[Change, None]:
         # ``seen``: the index of the last change consumed in ``stamp``'s
         # transaction, or _END_OF_VERSION once all of it was.
         stamp, seen = position
