@@ -23,6 +23,7 @@ empty stretch.
 from __future__ import annotations
 
 import functools
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -177,10 +178,9 @@ class FeedCapture:
                 parts = _split(now, changes)
                 log = feed_log(feed.name)
                 for part, value in enumerate(parts):
-                    key = log + tuples.pack((tuples.Versionstamp(stamp, part),))
-                    out.append((MutationType.SET, key, value))
+                    out.append((MutationType.SET, part_key(log, stamp, part), value))
                 if feed.max_age is not None or feed.max_entries is not None:
-                    out.extend(_retain(feed, state, len(parts), now))
+                    out.extend(_retain(feed, state, now))
         return out
 
 
@@ -203,52 +203,86 @@ def _replay(
 
 
 def _split(now: float, changes: list[tuple[int, bytes, bytes | None, bytes | None]]) -> list[bytes]:
-    parts: list[bytes] = []
-    current: list[tuple[int, bytes, bytes | None, bytes | None]] = []
-    size = 0
-    for change in changes:
-        _, key, new, old = change
-        weight = 16 + len(key) + (len(new) if new else 0) + (len(old) if old else 0)
-        if current and size + weight > PART_BYTES:
-            parts.append(tuples.pack((now, tuple(current))))
-            current, size = [], 0
-        current.append(change)
-        size += weight
-    parts.append(tuples.pack((now, tuple(current))))
-    return parts
+    """The transaction's entry, cut into parts below the value limit. Parts
+    are byte slices of one encoded entry, so even a single change larger
+    than a part (a 10 kB key with 100 kB new and old values) fits."""
+    entry = tuples.pack((now, tuple(changes)))
+    return [entry[i : i + PART_BYTES] for i in range(0, len(entry), PART_BYTES)]
 
 
-def _retain(feed: FeedSpec, state: CurrentState, appended: int, now: float) -> list[Mutation]:
-    """Count the new parts and trim the oldest beyond the feed's limits."""
+def part_key(log: bytes, stamp: bytes, part: int) -> bytes:
+    return log + tuples.pack((tuples.Versionstamp(stamp, part),))
+
+
+def stamp_of(log: bytes, key: bytes) -> tuple[bytes, int]:
+    """``(stamp, part)`` of a log key."""
+    (mark,) = tuples.unpack(key[len(log) :])
+    return mark.tr_version, mark.user_version
+
+
+_COUNT = struct.Struct("<Q")
+
+
+def encode_state(entries: int, horizon: bytes) -> bytes:
+    """A feed's state: transactions retained, then the log key of the newest
+    trimmed part (empty if none)."""
+    return _COUNT.pack(entries) + horizon
+
+
+def decode_state(raw: bytes | None) -> tuple[int, bytes]:
+    if not raw:
+        return 0, b""
+    return _COUNT.unpack_from(raw)[0], raw[_COUNT.size :]
+
+
+def declaration_state(name: str) -> bytes:
+    """The state a declaration writes with ``set_versionstamped_value``: its
+    horizon is the declaring commit's own position, so a cursor from before
+    it (say from a dropped feed of the same name) is ``HistoryLost``, never
+    a silent skip of what went unlogged."""
+    return tuples.pack_with_versionstamp(
+        (tuples.Versionstamp.incomplete(0),), prefix=_COUNT.pack(0) + feed_log(name)
+    )
+
+
+def _retain(feed: FeedSpec, state: CurrentState, now: float) -> list[Mutation]:
+    """Count the new entry and trim whole transactions beyond the limits,
+    oldest first, at most ``TRIM_SLACK + 1`` per commit."""
     state_key = feed_state_key(feed.name)
-    raw = state.get(state_key)
-    entries, horizon = tuples.unpack(raw) if raw else (0, b"")
-    entries += appended
+    entries, horizon = decode_state(state.get(state_key))
+    entries += 1
+    log = feed_log(feed.name)
+    start = horizon + b"\x00" if horizon else log  # trimmed keys may linger as tombstones
     out: list[Mutation] = []
-    if feed.max_entries is not None or feed.max_age is not None:
-        log = feed_log(feed.name)
-        budget = appended + TRIM_SLACK
-        start = horizon + b"\x00" if horizon else log  # trimmed keys may linger as tombstones
-        for key, value in state.scan(start, log + b"\xff", budget):
-            too_many = feed.max_entries is not None and entries > feed.max_entries
-            too_old = feed.max_age is not None and _written_at(value) < now - feed.max_age
-            if not (too_many or too_old):
-                break
-            out.append((MutationType.CLEAR, key, b""))
-            entries -= 1
-            horizon = key
-    out.append((MutationType.SET, state_key, tuples.pack((entries, horizon))))
+    for _ in range(TRIM_SLACK + 1):
+        too_many = feed.max_entries is not None and entries > feed.max_entries
+        if not too_many and feed.max_age is None:
+            break
+        first = state.scan(start, log + b"\xff", 1)
+        if not first:
+            break
+        key, value = first[0]
+        if not too_many and not (feed.max_age and _written_at(value) < now - feed.max_age):
+            break
+        stamp, _ = stamp_of(log, key)
+        for part, _ in state.scan(key, part_key(log, stamp, 0xFFFF), 0):
+            out.append((MutationType.CLEAR, part, b""))
+            horizon = part
+        start = horizon + b"\x00"
+        entries -= 1
+    out.append((MutationType.SET, state_key, encode_state(entries, horizon)))
     return out
 
 
 def _written_at(value: bytes) -> float:
-    """The time of a log part, decoding only its first element (a double,
-    9 bytes) rather than the whole part."""
+    """The time of an entry from its first part, decoding only the leading
+    double (9 bytes) rather than the whole entry."""
     (when,) = tuples.unpack(value[:9])
     return float(when)
 
 
-def decode_entry(value: bytes) -> tuple[float, list[tuple[int, bytes, bytes | None, bytes | None]]]:
-    """``(unix_time, [(op, key, new, old), ...])`` of one log part."""
-    when, changes = tuples.unpack(value)
+def decode_entry(data: bytes) -> tuple[float, list[tuple[int, bytes, bytes | None, bytes | None]]]:
+    """``(unix_time, [(op, key, new, old), ...])`` of a whole entry (its
+    parts joined)."""
+    when, changes = tuples.unpack(data)
     return when, [tuple(change) for change in changes]

@@ -100,14 +100,18 @@ class ChangeFeed:
             # Fix the starting point before anything can fail, so that a
             # reconnect neither skips changes nor repeats a finished prefeed.
             if self.prefeed is True:
+                # The snapshot is read whole before anything is queued: a slow
+                # queue reader cannot then age its transaction out half way,
+                # which would restart it and repeat what was already queued.
+                # It costs memory for one copy of the prefix, read once.
                 tr = db.transaction()
                 try:
-                    start = None
-                    async for change in self.feed.snapshot(tr, self.operation):
-                        await self.outqueue.put(change)
+                    snapshot = [c async for c in self.feed.snapshot(tr, self.operation)]
                     start = _after(await tr.get_read_version())
                 finally:
                     tr.close()
+                for change in snapshot:
+                    await self.outqueue.put(change)
                 self.cursor = start
             else:
                 self.cursor = await self.feed.position(db)

@@ -17,12 +17,9 @@ from shale import tuple as tuples
 from shale.core.database import Database
 from shale.core.transaction import Transaction
 from shale.errors import UsageError
-from shale.feeds.feed import _CURSOR, _END_OF_VERSION, ALL, Change, Feed
+from shale.feeds.feed import ALL, Change, Feed
 
 __all__ = ["Consumer"]
-
-_ORIGIN = _CURSOR.pack(b"\x00" * 10, _END_OF_VERSION)
-"""A cursor before every logged change: new consumers start at the log's beginning."""
 
 Handler = Callable[[Transaction, Change], Awaitable[Any]]
 
@@ -30,9 +27,9 @@ Handler = Callable[[Transaction, Change], Awaitable[Any]]
 class Consumer:
     """The consumer ``name`` of ``feed``; its cursor lives under the feed.
 
-    A new consumer starts at the beginning of the retained log, so it sees
-    every change logged since the feed was declared (or ``HistoryLost`` if
-    retention already dropped some).
+    A new consumer starts right after the feed's declaration, so it sees
+    every change the feed logged, or gets ``HistoryLost`` if retention
+    already dropped some (``exc.oldest`` then resumes from what is left).
     """
 
     def __init__(self, feed: Feed, name: str) -> None:
@@ -65,8 +62,9 @@ class Consumer:
     async def changes(self, db: Database, *, operations: int = ALL) -> AsyncGenerator[Change, None]:
         """The feed's changes after the stored cursor, forever."""
         async with db.transaction() as tr:
-            cursor = await self.cursor(tr) or _ORIGIN
-        async for change in self.feed.subscribe(db, cursor, operations=operations):
+            cursor = await self.cursor(tr)
+        start = cursor or await self.feed.origin(db)
+        async for change in self.feed.subscribe(db, start, operations=operations):
             yield change
 
     async def process(

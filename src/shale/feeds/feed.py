@@ -25,10 +25,14 @@ from shale.engines.feedlog import (
     INSERT,
     UPDATE,
     FeedSpec,
+    declaration_state,
     decode_entry,
+    decode_state,
     encode_declaration,
     feed_log,
     feed_state_key,
+    part_key,
+    stamp_of,
 )
 from shale.errors import HistoryLost, UsageError
 from shale.subspace import Subspace
@@ -84,9 +88,9 @@ class Feed:
     """A change feed on ``prefix`` (bytes or a ``Subspace``).
 
     ``old_values``: log the value each change replaced. ``max_age`` (seconds)
-    and ``max_entries`` (log parts, about one per transaction): retention,
-    trimmed a little on every logged commit, so no commit pays for a large
-    trim; ``None`` keeps everything.
+    and ``max_entries`` (logged transactions): retention, trimmed a little
+    on every logged commit, whole transactions at a time, so no commit pays
+    for a large trim; ``None`` keeps everything.
     """
 
     INSERT = INSERT
@@ -105,9 +109,9 @@ class Feed:
     ) -> None:
         raw = prefix.key() if isinstance(prefix, Subspace) else prefix
         _validate(name, raw)
-        if max_age is not None and not max_age > 0:
+        if max_age is not None and (type(max_age) not in (int, float) or not max_age > 0):
             raise UsageError(f"max_age must be a positive number of seconds, not {max_age!r}")
-        if max_entries is not None and (not isinstance(max_entries, int) or max_entries < 1):
+        if max_entries is not None and (type(max_entries) is not int or max_entries < 1):
             raise UsageError(f"max_entries must be a positive int, not {max_entries!r}")
         self.spec = FeedSpec(name, raw, bool(old_values), max_age, max_entries)
 
@@ -144,7 +148,10 @@ class Feed:
                 raise UsageError(
                     f"feed {spec.name!r} is already declared differently; drop it first"
                 )
-            tr.set(self._declaration_key(spec.name), value)
+            if existing is None:
+                tr.set(self._declaration_key(spec.name), value)
+                tr.set_versionstamped_value(feed_state_key(spec.name), declaration_state(spec.name))
+                tr.set_versionstamped_value(_declared_key(spec.name), bytes(14))
 
         # Registered before the declaring commit is even queued: commits are
         # applied in queue order, so every commit after it carries the feed.
@@ -265,65 +272,92 @@ class Feed:
         batch_size: int,
         poll: float,
     ) -> AsyncGenerator[Change, None]:
-        # ``seen``: the index of the last change consumed in ``stamp``'s
-        # transaction, or _END_OF_VERSION once all of it was.
-        stamp, seen = position
+        # Resuming inside a transaction re-reads it and skips the changes up
+        # to ``skip``; a cursor after a whole transaction starts past it.
+        skip_stamp, skip = position
         log = feed_log(self.name)
-        first_part = _END_OF_VERSION if seen == _END_OF_VERSION else 0
-        begin = log + tuples.pack((tuples.Versionstamp(stamp, first_part),))
-        await self._check_horizon(db, begin)
-        offset = 0  # index of the first change in the part ``begin`` points at
+        first_part = _END_OF_VERSION if skip == _END_OF_VERSION else 0
+        begin = part_key(log, skip_stamp, first_part)
+        await self._read(db, begin, begin, 1)
+        parts: list[bytes] = []  # the parts read so far of the transaction ``stamp``
+        stamp = b""
         while True:
             woken = db.next_commit()
             rows = await self._read(db, begin, log + b"\xff", batch_size)
-            marks = [tuples.unpack(key[len(log) :])[0] for key, _ in rows]
-            for row, ((key, value), mark) in enumerate(zip(rows, marks, strict=True)):
-                if mark.tr_version != stamp:
-                    stamp, seen, offset = mark.tr_version, -1, 0
-                when, changes = decode_entry(value)
-                if row + 1 < len(marks):
-                    more = marks[row + 1].tr_version == stamp
-                else:
-                    more = await self._has_more_parts(db, log, stamp, mark.user_version)
-                for i, (op, k, new, old) in enumerate(changes):
-                    index = offset + i
-                    if index <= seen:
-                        continue
-                    seen = index
-                    last = not more and i == len(changes) - 1
-                    if op & operations:
-                        cursor = _CURSOR.pack(stamp, index)
-                        yield Change(op, k, new, old, cursor, stamp, last, False, when)
-                offset += len(changes)
+            complete = len(rows) < batch_size  # commits are atomic: no part is missing
+            for key, value in rows:
+                row_stamp, _ = stamp_of(log, key)
+                if parts and row_stamp != stamp:
+                    for change in self._changes(stamp, parts, skip_stamp, skip, operations):
+                        yield change
+                    parts = []
+                stamp = row_stamp
+                parts.append(value)
                 begin = key + b"\x00"
-            if len(rows) < batch_size:
+            if complete:
+                if parts:
+                    for change in self._changes(stamp, parts, skip_stamp, skip, operations):
+                        yield change
+                    parts = []
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(woken), poll)
+
+    @staticmethod
+    def _changes(
+        stamp: bytes, parts: list[bytes], skip_stamp: bytes, skip: int, operations: int
+    ) -> list[Change]:
+        when, changes = decode_entry(b"".join(parts))
+        final = len(changes) - 1
+        out = []
+        for index, (op, key, new, old) in enumerate(changes):
+            if stamp == skip_stamp and index <= skip:
+                continue
+            if op & operations:
+                # The final change's cursor says "after the whole
+                # transaction", so resuming from it needs none of it again.
+                cursor = _CURSOR.pack(stamp, _END_OF_VERSION if index == final else index)
+                out.append(Change(op, key, new, old, cursor, stamp, index == final, False, when))
+        return out
 
     async def _read(
         self, db: Database, begin: bytes, end: bytes, limit: int
     ) -> list[tuple[bytes, bytes]]:
         async with db.transaction() as tr:
             tr.access_system_keys = True
-            raw = await tr.snapshot.get(feed_state_key(self.name))
-            if raw is not None:
-                _, horizon = tuples.unpack(raw)
-                if horizon and horizon >= begin:
-                    (mark,) = tuples.unpack(horizon[len(feed_log(self.name)) :])
-                    oldest = _CURSOR.pack(mark.tr_version, _END_OF_VERSION)
-                    raise HistoryLost(oldest, "retention trimmed the log past it")
+            _, horizon = decode_state(await tr.snapshot.get(feed_state_key(self.name)))
+            if horizon and horizon >= begin:
+                raise HistoryLost(_after_key(horizon, self.name), "the log no longer holds it")
             return await tr.get_range(begin, end, limit=limit, snapshot=True)
 
-    async def _has_more_parts(self, db: Database, log: bytes, stamp: bytes, part: int) -> bool:
-        if part == _END_OF_VERSION:
-            return False
+    async def origin(self, db: Database) -> bytes:
+        """The cursor right after the feed's declaration: subscribing from it
+        delivers every change the feed ever logged, or raises
+        ``HistoryLost`` if retention dropped some (where a new consumer
+        starts)."""
         async with db.transaction() as tr:
             tr.access_system_keys = True
-            nxt = log + tuples.pack((tuples.Versionstamp(stamp, part + 1),))
-            return await tr.snapshot.get(nxt) is not None
+            declared = await tr.snapshot.get(_declared_key(self.name))
+        if declared is None:
+            raise UsageError(f"feed {self.name!r} is not declared in this database")
+        return _CURSOR.pack(declared, _END_OF_VERSION)
 
-    async def _check_horizon(self, db: Database, begin: bytes) -> None:
-        await self._read(db, begin, begin, 1)
+    async def oldest(self, db: Database) -> bytes:
+        """A cursor from which ``subscribe`` delivers everything the log
+        still holds (where a new consumer starts)."""
+        async with db.transaction() as tr:
+            tr.access_system_keys = True
+            _, horizon = decode_state(await tr.snapshot.get(feed_state_key(self.name)))
+        return _after_key(horizon, self.name) if horizon else _CURSOR.pack(b"\x00" * 10, 0xFFFF)
+
+
+def _declared_key(name: str) -> bytes:
+    return b"\xff" + tuples.pack(("feed", name, "declared"))
+
+
+def _after_key(horizon: bytes, name: str) -> bytes:
+    """The cursor after the whole transaction whose log key is ``horizon``."""
+    stamp, _ = stamp_of(feed_log(name), horizon)
+    return _CURSOR.pack(stamp, _END_OF_VERSION)
 
 
 def _cursor_after(version: int) -> bytes:
