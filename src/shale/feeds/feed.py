@@ -324,6 +324,8 @@ class Feed:
     ) -> list[tuple[bytes, bytes]]:
         async with db.transaction() as tr:
             tr.access_system_keys = True
+            if await tr.snapshot.get(_declared_key(self.name)) is None:
+                raise UsageError(f"feed {self.name!r} was dropped; nothing more will be logged")
             _, horizon = decode_state(await tr.snapshot.get(feed_state_key(self.name)))
             if horizon and horizon >= begin:
                 raise HistoryLost(_after_key(horizon, self.name), "the log no longer holds it")
