@@ -86,6 +86,7 @@ class ChangeFeed:
             try:
                 db = await self._connect()
                 await self.feed.declare(db)
+                failures = 0  # connected: the next failure starts the backoff over
                 await self._run_changefeed(db)
             except HistoryLost:
                 raise

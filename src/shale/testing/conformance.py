@@ -13,6 +13,7 @@ import pytest
 import shale
 from shale import tuple as tuples
 from shale.core.database import Database
+from shale.testing.feeds import FeedSuite
 from shale.testing.model import check_serializable, run_random_history
 
 __all__ = ["ENGINE_URLS", "ConformanceSuite"]
@@ -43,7 +44,7 @@ async def _scan(
         return await tr.get_range(begin, end)
 
 
-class ConformanceSuite:
+class ConformanceSuite(FeedSuite):
     """Every test here must pass on every engine."""
 
     @pytest.fixture(params=sorted(ENGINE_URLS))
