@@ -427,3 +427,12 @@ async def test_changefeed_history_lost_propagates(db: shale.Database) -> None:
 
 def _fast() -> FullJitterBackoff:
     return FullJitterBackoff(base=0.001, cap=0.01)
+
+
+def test_feed_benchmark_checks_itself() -> None:
+    """A tiny run of ``bench/bench_feeds.py``: its own delivery checks pass."""
+    from bench import bench_feeds
+
+    rows = bench_feeds.run(bulk=5, single=20, latency=5, repeat=1)
+    assert rows
+    assert "| engine |" in bench_feeds.markdown(rows)

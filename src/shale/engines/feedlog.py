@@ -210,14 +210,20 @@ def _split(now: float, changes: list[tuple[int, bytes, bytes | None, bytes | Non
     return [entry[i : i + PART_BYTES] for i in range(0, len(entry), PART_BYTES)]
 
 
+_VERSIONSTAMP_CODE = b"\x33"
+
+
 def part_key(log: bytes, stamp: bytes, part: int) -> bytes:
-    return log + tuples.pack((tuples.Versionstamp(stamp, part),))
+    """``log + pack((Versionstamp(stamp, part),))``, spelled out: a complete
+    versionstamp packs as its type code, 10 bytes and a 2-byte part, and
+    this runs on every logged commit."""
+    return log + _VERSIONSTAMP_CODE + stamp + part.to_bytes(2, "big")
 
 
 def stamp_of(log: bytes, key: bytes) -> tuple[bytes, int]:
     """``(stamp, part)`` of a log key."""
-    (mark,) = tuples.unpack(key[len(log) :])
-    return mark.tr_version, mark.user_version
+    start = len(log) + 1
+    return key[start : start + 10], int.from_bytes(key[start + 10 : start + 12], "big")
 
 
 _COUNT = struct.Struct("<Q")
