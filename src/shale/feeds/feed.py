@@ -54,7 +54,8 @@ class Change:
 
     ``cursor`` resumes right after this change (``subscribe(cursor=...)``).
     All changes of one transaction share ``stamp`` and arrive consecutively;
-    ``last`` marks the final one. Prefeed changes (``prefeed=True``) are
+    ``last`` marks the final one this subscription delivers (after its
+    ``operations`` filter). Prefeed changes (``prefeed=True``) are
     the keys present at the snapshot, delivered as inserts; their cursor
     resumes after the snapshot.
     """
@@ -308,15 +309,19 @@ class Feed:
     ) -> list[Change]:
         when, changes = decode_entry(b"".join(parts))
         final = len(changes) - 1
+        wanted = [
+            (index, change)
+            for index, change in enumerate(changes)
+            if change[0] & operations and not (stamp == skip_stamp and index <= skip)
+        ]
         out = []
-        for index, (op, key, new, old) in enumerate(changes):
-            if stamp == skip_stamp and index <= skip:
-                continue
-            if op & operations:
-                # The final change's cursor says "after the whole
-                # transaction", so resuming from it needs none of it again.
-                cursor = _CURSOR.pack(stamp, _END_OF_VERSION if index == final else index)
-                out.append(Change(op, key, new, old, cursor, stamp, index == final, False, when))
+        for n, (index, (op, key, new, old)) in enumerate(wanted):
+            # The final change's cursor says "after the whole transaction",
+            # so resuming from it needs none of it again; ``last`` marks the
+            # final change this subscriber gets, whatever its filter.
+            cursor = _CURSOR.pack(stamp, _END_OF_VERSION if index == final else index)
+            last = n == len(wanted) - 1
+            out.append(Change(op, key, new, old, cursor, stamp, last, False, when))
         return out
 
     async def _read(
