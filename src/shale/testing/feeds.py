@@ -553,6 +553,19 @@ class FeedSuite:
         outcome = await _outcome(following)
         assert isinstance(outcome, (UsageError, EngineError)), f"after the drop: {outcome!r}"
 
+    async def test_feed_last_marks_the_final_delivered_change(self, db: Database) -> None:
+        """Under a filter, ``last`` still closes each transaction's group."""
+        feed = await Feed("grouped", b"q/").declare(db)
+        await _write(db, b"q/z")
+        inserts = feed.subscribe(db, await feed.position(db), operations=INSERT)
+        async with db.transaction() as tr:
+            tr.set(b"q/a", b"1")
+            tr.clear(b"q/z")  # sorts after q/a: the transaction's final change
+        await _write(db, b"q/b")
+        first, second = await _take(inserts, 2)
+        assert (first.key, first.last) == (b"q/a", True)
+        assert (second.key, second.last) == (b"q/b", True)
+
     # -- conflicts and wake-ups -----------------------------------------------
 
     async def test_feed_adds_no_read_conflicts(self, db: Database) -> None:
