@@ -204,3 +204,20 @@ async def test_read_only_commit_has_no_versionstamp(db: shale.Database) -> None:
     await tr.commit()
     with pytest.raises(shale.UsageError, match="wrote nothing"):
         await stamp
+
+
+async def test_a_stream_older_than_the_age_limit_fails() -> None:
+    import asyncio
+
+    async with await shale.open("memory://", max_transaction_age=0.2) as db:
+        async with db.transaction() as tr:
+            for i in range(20):
+                tr.set(b"s%02d" % i, b"x")
+        tr = db.transaction()
+        stream = tr.get_range(b"s", b"t", batch_size=2).__aiter__()
+        await anext(stream)
+        await asyncio.sleep(0.3)
+        with pytest.raises(shale.TransactionTooOld):
+            async for _ in stream:
+                pass
+        tr.close()

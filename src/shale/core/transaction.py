@@ -352,6 +352,7 @@ class Transaction:
                 low = rows[-1][0] + b"\x00"
             size = min(size * 2, 16384)
             self._check_open()
+            await self._acquire()  # a long stream must not outlive the age limit
 
     def _add_scan_conflict(
         self, begin: bytes, end: bytes, last: bytes | None, reverse: bool, snapshot: bool
