@@ -436,3 +436,21 @@ def test_feed_benchmark_checks_itself() -> None:
     rows = bench_feeds.run(bulk=5, single=20, latency=5, repeat=1)
     assert rows
     assert "| engine |" in bench_feeds.markdown(rows)
+
+
+async def test_a_feed_declared_by_a_newer_major_format_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    from shale import tuple as tuples
+    from shale.core.database import FEED_DECLARATIONS
+
+    url = f"sqlite:////{str(tmp_path).lstrip('/')}/newer.db"
+    async with await shale.open(url) as db:
+        await Feed("future", b"f/").declare(db)
+    key = FEED_DECLARATIONS + tuples.pack(("future",))
+    newer = tuples.pack((2, 0, "future", b"f/", False, None, None))
+    with sqlite3.connect(tmp_path / "newer.db") as conn:
+        conn.execute("UPDATE kv SET v = ? WHERE k = ?", (newer, key))
+    for _ in range(2):  # the second time proves the failed open released the lock
+        with pytest.raises(shale.FormatVersionError, match="newer than this Shale reads"):
+            await shale.open(url)
