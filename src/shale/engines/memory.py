@@ -1,7 +1,8 @@
 """``memory://`` — the reference engine and test oracle.
 
-Small and obviously correct rather than fast: a sorted list of keys and,
-per key, its versions as a list of ``(version, value-or-None)``. Nothing is
+Small and obviously correct before fast: the keys in order (``SortedKeys``,
+short sorted lists so inserts stay cheap as the store grows) and, per key,
+its versions as a list of ``(version, value-or-None)``. Nothing is
 persisted. Conflicts are checked by the shared in-process resolver, so this
 engine behaves, commit for commit, like the SQLite engine does.
 """
