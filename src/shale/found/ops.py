@@ -377,7 +377,6 @@ def add_conflict_range(tx: Transaction, begin: bytes, end: bytes, conflict_type:
     with seam(tx) as core:
         if conflict_type == CONFLICT_RANGE_TYPE_READ:
             core.add_read_conflict_range(begin, end)
-            tx.pointer.needs_read_version = True
         elif conflict_type == CONFLICT_RANGE_TYPE_WRITE:
             core.add_write_conflict_range(begin, end)
         else:

@@ -125,7 +125,7 @@ class TransactionHandle:
     transaction itself plus what must survive ``on_error`` (options, retry
     count) and what the error mapping needs (``phase``)."""
 
-    __slots__ = ("core", "needs_read_version", "options", "phase", "retries", "size", "started")
+    __slots__ = ("core", "options", "phase", "retries", "size", "started")
 
     def __init__(self, core: shale.Transaction, options: TransactionOptions) -> None:
         self.core = core
@@ -133,7 +133,6 @@ class TransactionHandle:
         self.retries = 0
         self.phase = Phase.OPEN
         self.size = 0
-        self.needs_read_version = False
         self.started = time.monotonic()
 
     def restarted(self) -> None:
@@ -141,7 +140,6 @@ class TransactionHandle:
         FoundationDB keeps them across ``on_error``."""
         self.phase = Phase.OPEN
         self.size = 0
-        self.needs_read_version = False
         # access_system_keys is not a persistent option in FoundationDB.
         self.core.access_system_keys = False
 
@@ -284,11 +282,6 @@ async def commit(tx: Transaction) -> None:
     assert isinstance(tx, Transaction), "tx must be a found.Transaction"
     handle = tx.pointer
     with seam(tx) as core:
-        if handle.needs_read_version and handle.phase is Phase.OPEN:
-            # Read conflict ranges added before any read: the core would
-            # commit them at read version -1 (too old); take one now, as
-            # FoundationDB gets its read version at commit at the latest.
-            await core.get_read_version()
         if handle.phase is Phase.OPEN:
             handle.phase = Phase.COMMIT_STARTED
         await core.commit()
