@@ -32,11 +32,12 @@ from shale.errors import (
     UsageError,
     ValueTooLarge,
 )
+from shale.keys import strinc
 
 if TYPE_CHECKING:
     from shale.core.database import Database
 
-__all__ = ["RangeResult", "SnapshotReads", "Transaction"]
+__all__ = ["RangeResult", "SnapshotReads", "Transaction", "strinc"]
 
 MAX_KEY_SIZE: Final = 10_000
 MAX_TRANSACTION_SIZE: Final = 10_000_000
@@ -785,11 +786,3 @@ class SnapshotReads:
 
     async def get_key(self, selector: KeySelector) -> bytes:
         return await self._tr.get_key(selector, snapshot=True)
-
-
-def strinc(key: bytes) -> bytes:
-    """The first key after every key that starts with ``key`` (FDB's ``strinc``)."""
-    stripped = key.rstrip(b"\xff")
-    if not stripped:
-        raise UsageError("a key made only of 0xFF bytes has no next prefix")
-    return stripped[:-1] + bytes((stripped[-1] + 1,))

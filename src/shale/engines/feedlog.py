@@ -33,6 +33,7 @@ from shale import tuple as tuples
 from shale.engines.atomic import apply_atomic
 from shale.engines.base import Mutation, MutationType
 from shale.errors import FormatVersionError
+from shale.keys import strinc
 
 __all__ = [
     "DELETE",
@@ -123,11 +124,6 @@ class CurrentState(Protocol):
     def scan(self, begin: bytes, end: bytes, limit: int) -> list[tuple[bytes, bytes]]: ...
 
 
-def _prefix_end(prefix: bytes) -> bytes:
-    stripped = prefix.rstrip(b"\xff")
-    return stripped[:-1] + bytes((stripped[-1] + 1,)) if stripped else SYSTEM
-
-
 class FeedCapture:
     """What a transaction changes under each feed, worked out around its
     application: the covered keys' values are read once, before; the values
@@ -140,7 +136,7 @@ class FeedCapture:
         self._changed: list[tuple[FeedSpec, dict[bytes, bytes | None], dict[bytes, bytes | None]]]
         self._changed = []
         for feed in feeds:
-            end = _prefix_end(feed.prefix)
+            end = strinc(feed.prefix)  # feed prefixes never start with 0xFF
             covered: list[Mutation] = []
             points: list[bytes] = []
             ranges: list[tuple[bytes, bytes]] = []
