@@ -51,7 +51,7 @@ async def wait_until_following(db: shale.Database) -> None:
     the one sign of it a test can see from outside."""
 
     async def poll() -> None:
-        while db._next_commit is None:
+        while not db._next_change:
             await asyncio.sleep(0.005)
 
     await asyncio.wait_for(poll(), HANG_GUARD)
@@ -454,3 +454,21 @@ async def test_a_feed_declared_by_a_newer_major_format_is_refused(tmp_path: Path
     for _ in range(2):  # the second time proves the failed open released the lock
         with pytest.raises(shale.FormatVersionError, match="newer than this Shale reads"):
             await shale.open(url)
+
+
+async def test_only_commits_under_a_feed_wake_its_subscribers() -> None:
+    async with await shale.open("memory://") as db:
+        await Feed("woken", b"a/").declare(db)
+        waiting = db.next_change("woken")
+        await db.set(b"b/elsewhere", b"1")
+        async with db.transaction() as tr:
+            tr.clear_range(b"0", b"a/")  # ends where the prefix begins
+        await asyncio.sleep(0)
+        assert not waiting.done(), "an unrelated commit woke the subscriber"
+        async with db.transaction() as tr:
+            tr.clear_range(b"0", b"a/\x00")
+        await asyncio.sleep(0)
+        assert waiting.done()
+        again = db.next_change("woken")
+        await db.set(b"a/key", b"1")
+        assert again.done()

@@ -16,6 +16,7 @@ from shale.engines.feedlog import FeedSpec, decode_declaration
 from shale.engines.options import window_option
 from shale.engines.registry import Registry, default_registry
 from shale.errors import CommitUnknownResult, RetryableError, UsageError
+from shale.keys import strinc
 
 __all__ = ["DEFAULT_URL", "Database", "open", "transactional"]
 
@@ -42,7 +43,7 @@ class Database:
         self.feeds: dict[str, FeedSpec] = {}
         """Declared change feeds, by name; every commit carries them to the
         engine, which logs what it changed under their prefixes."""
-        self._next_commit: asyncio.Future[None] | None = None
+        self._next_change: dict[str, asyncio.Future[None]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -142,16 +143,25 @@ class Database:
         async with self.transaction() as tr:
             tr.clear(key)
 
-    def next_commit(self) -> asyncio.Future[None]:
-        """A future that resolves when the next commit with writes made
-        through this handle succeeds; change feeds wait on it."""
-        if self._next_commit is None or self._next_commit.done():
-            self._next_commit = asyncio.get_running_loop().create_future()
-        return self._next_commit
+    def next_change(self, feed: str) -> asyncio.Future[None]:
+        """A future that resolves when a commit made through this handle
+        writes under the prefix of the feed named ``feed``; its
+        subscribers wait on it, and sleep through unrelated commits."""
+        future = self._next_change.get(feed)
+        if future is None or future.done():
+            future = self._next_change[feed] = asyncio.get_running_loop().create_future()
+        return future
 
-    def _committed(self) -> None:
-        if self._next_commit is not None and not self._next_commit.done():
-            self._next_commit.set_result(None)
+    def _changed(self, keys: Iterable[bytes], ranges: Iterable[KeyRange], stamped: bool) -> None:
+        """Wake the subscribers of the feeds a commit wrote to. A commit with
+        versionstamped keys may have written anywhere: it wakes them all."""
+        for name, future in list(self._next_change.items()):
+            spec = self.feeds.get(name)
+            if future.done():
+                del self._next_change[name]
+            elif spec is None or stamped or _touches(spec.prefix, keys, ranges):
+                future.set_result(None)
+                del self._next_change[name]
 
     # -- watches: fired by commits made through this handle ---------------
 
@@ -191,6 +201,13 @@ class Database:
                     self._watches.pop(key, None)
         finally:
             snap.release()
+
+
+def _touches(prefix: bytes, keys: Iterable[bytes], ranges: Iterable[KeyRange]) -> bool:
+    end = strinc(prefix)
+    return any(key.startswith(prefix) for key in keys) or any(
+        begin < end and prefix < stop for begin, stop in ranges
+    )
 
 
 def _split_options(url: str) -> tuple[str, dict[str, str]]:

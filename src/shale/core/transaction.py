@@ -673,7 +673,8 @@ class Transaction:
         self._state = _State.COMMITTED
         if self._mutations:
             self._db._notify_watches(self._writes.keys(), self._write_ranges)
-            self._db._committed()
+            if self._db._next_change:
+                self._db._changed(self._writes.keys(), self._write_ranges, self._versionstamped)
         for key, seen, future in watched:
             self._db._add_watch(key, seen, future)
 

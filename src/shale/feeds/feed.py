@@ -283,7 +283,7 @@ class Feed:
         parts: list[bytes] = []  # the parts read so far of the transaction ``stamp``
         stamp = b""
         while True:
-            woken = db.next_commit()
+            woken = db.next_change(self.name)
             rows = await self._read(db, begin, log + b"\xff", batch_size)
             complete = len(rows) < batch_size  # commits are atomic: no part is missing
             for key, value in rows:
