@@ -65,7 +65,7 @@ from shale import tuple as tuples
 from shale.core.database import Database
 from shale.core.transaction import SnapshotReads, Transaction
 from shale.errors import ShaleError, TransactionTooLarge, UsageError
-from shale.layers.format import LayerFormat, check_format, refuse_if_read_only
+from shale.layers.format import FormattedLayer, LayerFormat
 from shale.subspace import Subspace
 
 __all__ = [
@@ -157,7 +157,7 @@ def _check_bytes(blob: object) -> bytes:
     raise BlobInputError(f"a blob is bytes-like, not {type(blob).__name__}")
 
 
-class BStore:
+class BStore(FormattedLayer):
     """Blobs under the prefix tuple ``prefix`` (inside ``subspace``, the
     empty one by default, which gives found's exact keys).
 
@@ -169,19 +169,17 @@ class BStore:
     __slots__ = (
         "_chunks",
         "_hash",
-        "_meta_key",
         "_pending",
         "_record",
         "_refs",
-        "_writable",
         "prefix",
         "subspace",
     )
+    FORMAT = FORMAT
 
     def __init__(self, prefix: Sequence[Any] = (), *, subspace: Subspace | None = None) -> None:
         self.prefix = tuple(prefix)
         self.subspace = subspace if subspace is not None else Subspace()
-        self._writable = True
         try:
             self._meta_key = self.subspace.pack(((*self.prefix, META),))
             sub = self.subspace.subspace
@@ -194,7 +192,7 @@ class BStore:
             raise UsageError(f"the prefix {self.prefix!r} cannot be packed: {exc}") from exc
 
     def __repr__(self) -> str:
-        mode = "" if self._writable else ", read-only"
+        mode = "" if self.writable else ", read-only"
         return f"BStore({self.prefix!r}, subspace={self.subspace!r}{mode})"
 
     @classmethod
@@ -212,13 +210,8 @@ class BStore:
                 this layer, another layer, or unreadable metadata.
         """
         store = cls(prefix, subspace=subspace)
-        store._writable = await check_format(db_or_tr, store._meta_key, FORMAT)
+        await store._check_format(db_or_tr)
         return store
-
-    @property
-    def writable(self) -> bool:
-        """``False`` when opened on a newer minor format."""
-        return self._writable
 
     def _chunk_range(self, uid: uuid.UUID) -> tuple[bytes, bytes]:
         return self._chunks.range((uid,))
@@ -237,7 +230,7 @@ class BStore:
                 bytes; use ``put``. Nothing is written.
             ReadOnlyError: the store was opened read-only.
         """
-        refuse_if_read_only(self._writable, FORMAT)
+        self._require_writable()
         data = _check_bytes(blob)
         if len(data) > MAX_SINGLE_TRANSACTION_BLOB:
             raise TransactionTooLarge(
@@ -275,7 +268,7 @@ class BStore:
             BlobInputError: ``uid`` is not a UUID.
             ReadOnlyError: the store was opened read-only.
         """
-        refuse_if_read_only(self._writable, FORMAT)
+        self._require_writable()
         _check_uid(uid)
         record = await tr.get(self._record.pack((uid,)))
         if record is None:
@@ -413,7 +406,7 @@ class BStore:
             UsageError: ``batch_bytes`` is not in 1..9,000,000.
             ReadOnlyError: the store was opened read-only.
         """
-        refuse_if_read_only(self._writable, FORMAT)
+        self._require_writable()
         if not 0 < batch_bytes <= MAX_SINGLE_TRANSACTION_BLOB:
             raise UsageError(f"batch_bytes must be in 1..{MAX_SINGLE_TRANSACTION_BLOB}")
         per_batch = max(1, batch_bytes // CHUNK_SIZE)
@@ -484,7 +477,7 @@ class BStore:
         a live ``put`` may take between two batches (clocks of the writing
         machines included).
         """
-        refuse_if_read_only(self._writable, FORMAT)
+        self._require_writable()
         cutoff = time.time() - older_than
         removed = 0
         first, end = self._pending.range()

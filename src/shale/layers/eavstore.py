@@ -46,7 +46,7 @@ from shale import tuple as tuples
 from shale.core.database import Database
 from shale.core.transaction import SnapshotReads, Transaction
 from shale.errors import KeyTooLarge, UsageError, ValueTooLarge
-from shale.layers.format import LayerFormat, check_format, refuse_if_read_only
+from shale.layers.format import FormattedLayer, LayerFormat
 from shale.subspace import Subspace
 
 __all__ = [
@@ -118,7 +118,7 @@ class _Row:
         self.attr = attr
 
 
-class EAVStore:
+class EAVStore(FormattedLayer):
     """Dicts stored under the prefix tuple ``prefix`` (inside ``subspace``,
     the empty one by default, which gives found's exact keys).
 
@@ -131,12 +131,12 @@ class EAVStore:
     An entity with no attributes is not stored: ``get`` returns ``{}``.
     """
 
-    __slots__ = ("_data", "_index", "_meta_key", "_writable", "prefix", "subspace")
+    __slots__ = ("_data", "_index", "prefix", "subspace")
+    FORMAT = FORMAT
 
     def __init__(self, prefix: Sequence[Any] = (), *, subspace: Subspace | None = None) -> None:
         self.prefix = tuple(prefix)
         self.subspace = subspace if subspace is not None else Subspace()
-        self._writable = True
         try:
             self._meta_key = self.subspace.pack(((*self.prefix, META),))
             self._data = self.subspace.subspace(((*self.prefix, DATA),))
@@ -145,7 +145,7 @@ class EAVStore:
             raise UnpackableError(f"the prefix {self.prefix!r} cannot be packed: {exc}") from exc
 
     def __repr__(self) -> str:
-        mode = "" if self._writable else ", read-only"
+        mode = "" if self.writable else ", read-only"
         return f"EAVStore({self.prefix!r}, subspace={self.subspace!r}{mode})"
 
     @classmethod
@@ -163,14 +163,8 @@ class EAVStore:
                 this layer, another layer, or unreadable metadata.
         """
         store = cls(prefix, subspace=subspace)
-        store._writable = await check_format(db_or_tr, store._meta_key, FORMAT)
+        await store._check_format(db_or_tr)
         return store
-
-    @property
-    def writable(self) -> bool:
-        """``False`` when opened on a newer minor format: writes then raise
-        ``ReadOnlyError``."""
-        return self._writable
 
     # -- encoding ------------------------------------------------------------
 
@@ -218,7 +212,7 @@ class EAVStore:
                 bad input; nothing is written.
             ReadOnlyError: the store was opened read-only.
         """
-        refuse_if_read_only(self._writable, FORMAT)
+        self._require_writable()
         fresh = uid is None
         if fresh:
             uid = uuid.uuid4()
@@ -234,7 +228,7 @@ class EAVStore:
 
     async def remove(self, tr: Transaction, uid: Any) -> bool:
         """Delete entity ``uid`` with its index entries; whether it existed."""
-        refuse_if_read_only(self._writable, FORMAT)
+        self._require_writable()
         packed_uid = _pack_one(uid, f"the uid {uid!r}")
         stored = await self._stored(tr, packed_uid)
         for attr, value in stored.items():
@@ -280,7 +274,7 @@ class EAVStore:
         replace: bool,
         drop: Sequence[Any] = (),
     ) -> None:
-        refuse_if_read_only(self._writable, FORMAT)
+        self._require_writable()
         rows = self._rows(uid, mapping)
         packed_uid = _pack_one(uid, f"the uid {uid!r}")
         if isinstance(drop, (str, bytes)):

@@ -9,13 +9,14 @@ code added).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from shale import tuple as tuples
 from shale.core.database import Database
 from shale.core.transaction import Transaction
 from shale.errors import FormatVersionError, ReadOnlyError
 
-__all__ = ["LayerFormat", "check_format", "refuse_if_read_only"]
+__all__ = ["FormattedLayer", "LayerFormat", "check_format", "refuse_if_read_only"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +72,26 @@ def refuse_if_read_only(writable: bool, what: LayerFormat) -> None:
             f"this {what.name} was written by a newer Shale (minor format above "
             f"{what.major}.{what.minor}) and is open read-only"
         )
+
+
+class FormattedLayer:
+    """What every layer handle shares about its format version: where it is
+    stored (``_meta_key``, set by the subclass), the check on open, and
+    whether the handle may write."""
+
+    __slots__ = ("_meta_key", "_writable")
+    FORMAT: ClassVar[LayerFormat]
+    _meta_key: bytes
+
+    @property
+    def writable(self) -> bool:
+        """``False`` when opened on a newer minor format: writes then raise
+        ``ReadOnlyError``. A handle no check has looked at yet (as found's
+        ``make()`` builds) may write."""
+        return getattr(self, "_writable", True)
+
+    async def _check_format(self, db_or_tr: Database | Transaction) -> None:
+        self._writable = await check_format(db_or_tr, self._meta_key, self.FORMAT)
+
+    def _require_writable(self) -> None:
+        refuse_if_read_only(self.writable, self.FORMAT)
