@@ -6,6 +6,7 @@ import shale.errors
 EXPECTED = {
     "DEFAULT_URL",
     "AccessedUnreadable",
+    "AuthenticationError",
     "Backoff",
     "CommitUnknownResult",
     "ConflictError",
@@ -21,6 +22,7 @@ EXPECTED = {
     "KeySelector",
     "KeyTooLarge",
     "LimitError",
+    "ProtocolError",
     "NoBackoff",
     "RangeResult",
     "ReadOnlyError",
@@ -33,6 +35,7 @@ EXPECTED = {
     "TransactionStateError",
     "TransactionTooLarge",
     "TransactionTooOld",
+    "Unavailable",
     "UnknownEngineError",
     "UsageError",
     "ValueTooLarge",

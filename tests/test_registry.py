@@ -53,7 +53,10 @@ def test_same_engine_listed_twice_is_not_a_duplicate() -> None:
 
 
 async def test_unknown_scheme_lists_the_known_ones() -> None:
-    with pytest.raises(shale.UnknownEngineError, match=r"Installed engines: memory://, sqlite://"):
+    with pytest.raises(
+        shale.UnknownEngineError,
+        match=r"Installed engines: memory://, shale://, shale\+tls://, sqlite://",
+    ):
         await shale.open("nosuch://somewhere")
 
 

@@ -20,6 +20,7 @@ from shale.core.selectors import KeySelector
 from shale.core.transaction import RangeResult, SnapshotReads, Transaction, strinc
 from shale.errors import (
     AccessedUnreadable,
+    AuthenticationError,
     CommitUnknownResult,
     ConflictError,
     DatabaseLockedError,
@@ -30,6 +31,7 @@ from shale.errors import (
     KeyOutsideLegalRange,
     KeyTooLarge,
     LimitError,
+    ProtocolError,
     ReadOnlyError,
     ReadVersionError,
     RetryableError,
@@ -37,6 +39,7 @@ from shale.errors import (
     TransactionStateError,
     TransactionTooLarge,
     TransactionTooOld,
+    Unavailable,
     UnknownEngineError,
     UsageError,
     ValueTooLarge,
@@ -51,6 +54,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "DEFAULT_URL",
     "AccessedUnreadable",
+    "AuthenticationError",
     "Backoff",
     "CommitUnknownResult",
     "ConflictError",
@@ -67,6 +71,7 @@ __all__ = [
     "KeyTooLarge",
     "LimitError",
     "NoBackoff",
+    "ProtocolError",
     "RangeResult",
     "ReadOnlyError",
     "ReadVersionError",
@@ -78,6 +83,7 @@ __all__ = [
     "TransactionStateError",
     "TransactionTooLarge",
     "TransactionTooOld",
+    "Unavailable",
     "UnknownEngineError",
     "UsageError",
     "ValueTooLarge",

@@ -19,6 +19,7 @@ from typing import Any
 import shale
 from shale import tuple as tuples
 from shale.core.database import DEFAULT_URL
+from shale.server.cli import add_serve_parser, run_serve
 
 __all__ = ["main"]
 
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = commands.add_parser("ls", parents=[common], help="list keys that start with PREFIX")
     ls.add_argument("prefix", metavar="PREFIX", nargs="?", default="")
     ls.add_argument("--limit", type=int, default=0, help="at most this many keys (0: all)")
+    add_serve_parser(commands)
     return parser
 
 
@@ -160,6 +162,8 @@ async def _ls(db: shale.Database, args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "serve":
+            return run_serve(args)
         return asyncio.run(run(args))
     except (CLIError, shale.ShaleError, ValueError, OSError) as exc:
         print(f"shale: {exc}", file=sys.stderr)

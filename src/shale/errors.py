@@ -6,7 +6,8 @@
     ├── RetryableError                 safe to retry the whole transaction
     │   ├── ConflictError              a read was overwritten by a later commit
     │   ├── TransactionTooOld          the read version fell out of the MVCC window
-    │   └── CommitUnknownResult        the commit may or may not have happened
+    │   ├── CommitUnknownResult        the commit may or may not have happened
+    │   └── Unavailable                the server cannot be reached right now
     ├── LimitError                     a documented limit was breached; nothing written
     │   ├── KeyTooLarge
     │   ├── ValueTooLarge
@@ -22,11 +23,14 @@
         ├── UnknownEngineError         no engine serves that URL scheme
         ├── DatabaseLockedError        another process holds the database
         ├── FormatVersionError         the file was written by a newer Shale
-        └── ReadOnlyError              the database was opened read-only
+        ├── ReadOnlyError              the database was opened read-only
+        ├── AuthenticationError        the server refused the token
+        └── ProtocolError              the peer broke the wire protocol or a limit
 
 ``RetryableError`` is the only marker the retry loop looks at: anything else
-propagates at once. ``CommitUnknownResult`` is retryable only for idempotent
-transaction bodies (see ``Database.transact``). The compatibility layer
+propagates at once. ``CommitUnknownResult`` is retried by ``Database.run``
+only where the engine tags commits with idempotency ids (the remote engine
+does) or the body is declared idempotent (see ``Database.run``). The compatibility layer
 ``shale.found`` maps these classes to FoundationDB error codes in one place.
 """
 
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 __all__ = [
     "AccessedUnreadable",
+    "AuthenticationError",
     "CommitUnknownResult",
     "ConflictError",
     "DatabaseLockedError",
@@ -44,6 +49,7 @@ __all__ = [
     "KeyOutsideLegalRange",
     "KeyTooLarge",
     "LimitError",
+    "ProtocolError",
     "ReadOnlyError",
     "ReadVersionError",
     "RetryableError",
@@ -51,6 +57,7 @@ __all__ = [
     "TransactionStateError",
     "TransactionTooLarge",
     "TransactionTooOld",
+    "Unavailable",
     "UnknownEngineError",
     "UsageError",
     "ValueTooLarge",
@@ -75,6 +82,13 @@ class TransactionTooOld(RetryableError):
 
 class CommitUnknownResult(RetryableError):
     """The commit's outcome is unknown: it may have been applied."""
+
+
+class Unavailable(RetryableError):
+    """The engine could not be reached (a server is down or restarting).
+
+    Nothing was committed: a commit whose request may have reached the
+    server raises ``CommitUnknownResult`` instead."""
 
 
 class LimitError(ShaleError):
@@ -153,3 +167,12 @@ class FormatVersionError(EngineError):
 
 class ReadOnlyError(EngineError):
     """The database was opened read-only (for example a newer minor format)."""
+
+
+class AuthenticationError(EngineError):
+    """The server refused the token, or none was given."""
+
+
+class ProtocolError(EngineError):
+    """A message broke the wire protocol or one of its limits; the
+    connection it came on is closed."""

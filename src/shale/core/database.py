@@ -9,6 +9,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from shale import tuple as tuples
+from shale.core.idempotency import idempotency_applied, new_id
 from shale.core.retry import Backoff, FullJitterBackoff
 from shale.core.transaction import Transaction
 from shale.engines.base import Engine, KeyRange
@@ -102,23 +103,50 @@ class Database:
         """``transact`` with an explicit policy.
 
         ``retries``: how many times to retry after the first attempt.
-        ``idempotent``: also retry ``CommitUnknownResult``, where the commit
-        may already have been applied; only safe if running ``fn`` twice is.
+        ``idempotent``: on an engine without ``unknown_results``, also retry
+        ``CommitUnknownResult``, where the commit may already have been
+        applied; only safe if running ``fn`` twice is.
+
+        Commits with unknown results: on an engine whose
+        ``capabilities.unknown_results`` is set (a reply can be lost on the
+        network), ``run`` draws one idempotency id per call and every
+        attempt's commit also records it (``shale.core.idempotency``). After
+        a ``CommitUnknownResult`` it retries, whatever ``idempotent`` says;
+        the retry first reads the id: if it is there, the lost commit was
+        applied and ``run`` returns that attempt's result without running
+        ``fn`` again. If several commits in a row end unknown, the result of
+        the latest is returned: every attempt runs the same body, so any of
+        them stands for the one that was applied. Attempts of one ``run``
+        conflict on the id, so at most one of them is ever applied. Ids are
+        kept ``IDEMPOTENCY_RETENTION`` seconds (``sweep_idempotency_ids``);
+        a retry later than that after the first attempt no longer recognises
+        an applied commit. Other engines write no id and pay nothing.
         """
         if retries < 0:
             raise UsageError(f"retries must be >= 0, not {retries}")
         strategy = backoff or FullJitterBackoff()
+        ident = new_id() if self.engine.capabilities.unknown_results else None
+        unknown: tuple[bytes, T] | None = None  # the id, and the latest result gone unknown
         attempt = 0
         while True:
             tr = self.transaction()
+            tr._idempotency_id = ident
+            committing = False
             try:
+                if unknown is not None and await idempotency_applied(tr, unknown[0]):
+                    tr.close()
+                    return unknown[1]
                 result = await fn(tr, *args, **kwargs)
+                committing = True
                 await tr.commit()
                 return result
             except RetryableError as exc:
                 tr.close()
-                if isinstance(exc, CommitUnknownResult) and not idempotent:
-                    raise
+                if isinstance(exc, CommitUnknownResult):
+                    if committing and ident is not None:
+                        unknown = (ident, result)
+                    elif not idempotent:
+                        raise
                 attempt += 1
                 if attempt > retries:
                     exc.add_note(f"gave up after {attempt} attempts")
@@ -146,11 +174,22 @@ class Database:
     def next_change(self, feed: str) -> asyncio.Future[None]:
         """A future that resolves when a commit made through this handle
         writes under the prefix of the feed named ``feed``; its
-        subscribers wait on it, and sleep through unrelated commits."""
+        subscribers wait on it, and sleep through unrelated commits. An
+        engine whose commits come from other processes too (the remote
+        engine) provides the future itself, from its server's pushes."""
+        pushed = getattr(self.engine, "next_change", None)
+        if pushed is not None:
+            remote: asyncio.Future[None] = pushed(feed)
+            return remote
         future = self._next_change.get(feed)
         if future is None or future.done():
             future = self._next_change[feed] = asyncio.get_running_loop().create_future()
         return future
+
+    async def refresh_feeds(self) -> None:
+        """Reload the feed declarations from the database, for feeds that
+        another process declared or dropped since this handle opened."""
+        self.feeds = await _read_feeds(self)
 
     def _changed(self, keys: Iterable[bytes], ranges: Iterable[KeyRange], stamped: bool) -> None:
         """Wake the subscribers of the feeds a commit wrote to. A commit with
@@ -246,15 +285,16 @@ FEED_DECLARATIONS = b"\xff" + tuples.pack(("feeds",))
 
 
 async def _load_feeds(db: Database) -> None:
-    tr = db.transaction()
-    tr.access_system_keys = True
-    try:
-        rows = await tr.get_range(FEED_DECLARATIONS, FEED_DECLARATIONS + b"\xff")
-    finally:
-        tr.close()
-    for _, value in rows:
-        spec = decode_declaration(value)
-        db.feeds[spec.name] = spec
+    db.feeds.update(await _read_feeds(db))
+
+
+async def _read_feeds(db: Database) -> dict[str, FeedSpec]:
+    async def read(tr: Transaction) -> list[tuple[bytes, bytes]]:
+        tr.access_system_keys = True
+        return await tr.get_range(FEED_DECLARATIONS, FEED_DECLARATIONS + b"\xff")
+
+    specs = (decode_declaration(value) for _, value in await db.run(read))
+    return {spec.name: spec for spec in specs}
 
 
 def transactional(

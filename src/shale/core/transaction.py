@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Generator
 from typing import TYPE_CHECKING, Any, Final
 
+from shale.core.idempotency import idempotency_key, tag_commit
 from shale.core.selectors import KeySelector
 from shale.engines.atomic import MAX_VALUE_SIZE, apply_atomic
 from shale.engines.base import CommitRequest, EngineSnapshot, KeyRange, Mutation, MutationType
@@ -105,6 +106,10 @@ class Transaction:
         self._db = db
         self._max_age = db.max_transaction_age
         self.access_system_keys = False
+        self._idempotency_id: bytes | None = None
+        """Set by ``Database.run`` on engines with unknown results: the commit
+        also records it (``shale.core.idempotency``). It names the whole
+        ``run()``, not this attempt, so ``reset()`` keeps it."""
         self._snapshot: EngineSnapshot | None = None
         self._reset_state()
 
@@ -196,7 +201,7 @@ class Transaction:
     async def get_read_version(self) -> int:
         """The version this transaction reads at (fixed by its first read)."""
         self._check_open()
-        return (await self._acquire()).read_version
+        return await (await self._acquire()).version()
 
     def set_read_version(self, version: int) -> None:
         """Read at ``version`` instead of the latest; only before any read."""
@@ -685,12 +690,18 @@ class Transaction:
                     UsageError("the transaction wrote nothing, so it has no versionstamp")
                 )
             return -1
+        tag = self._idempotency_id
+        if tag is not None:
+            # Read even by a body that read nothing: if another attempt of the
+            # same run() lands after this read version, this commit must fail,
+            # or a late landing of it would apply the body a second time.
+            self._read_keys.add(idempotency_key(tag))
         if self._snapshot is None and (self._read_keys or self._read_ranges):
             await self._acquire()  # manual read conflicts need a version to check against
         if self._snapshot is not None and time.monotonic() - self._started > self._max_age:
             raise TransactionTooOld(f"the transaction is older than {self._max_age:g} s; retry it")
         request = CommitRequest(
-            read_version=self._snapshot.read_version if self._snapshot else -1,
+            read_version=await self._snapshot.version() if self._snapshot else -1,
             mutations=self._mutations,
             read_keys=self._read_keys,
             read_ranges=self._read_ranges,
@@ -699,6 +710,8 @@ class Transaction:
             versionstamped=self._versionstamped,
             feeds=tuple(self._db.feeds.values()) if self._db.feeds else (),
         )
+        if tag is not None:
+            tag_commit(request, tag)
         result = await self._db.engine.commit(request)
         if self._stamp is not None and not self._stamp.done():
             self._stamp.set_result(result.versionstamp)

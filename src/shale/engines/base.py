@@ -74,12 +74,16 @@ class Capabilities:
     ``multi_process``: several processes may open the same database at once.
     ``old_snapshots``: ``snapshot(version)`` serves any version still inside
     the MVCC window, not only ones another transaction holds open.
+    ``unknown_results``: a commit can end in ``CommitUnknownResult`` (its
+    reply can be lost, as over a network), so ``Database.run`` tags each
+    commit with an idempotency id to retry it safely.
     """
 
     durable: bool = False
     persistent: bool = False
     multi_process: bool = False
     old_snapshots: bool = True
+    unknown_results: bool = False
 
 
 @dataclass(slots=True)
@@ -133,7 +137,13 @@ class EngineSnapshot(Protocol):
 
     @property
     def read_version(self) -> int:
-        """The version every read of this snapshot observes."""
+        """The version every read of this snapshot observes. An engine that
+        fixes it lazily (the remote engine, with the first read) may raise
+        ``UsageError`` until ``version()`` has returned."""
+        ...
+
+    async def version(self) -> int:
+        """``read_version``, waiting for it to be fixed if need be."""
         ...
 
     async def get(self, key: bytes) -> bytes | None:

@@ -125,6 +125,9 @@ class MemorySnapshot:
                 f"snapshot at version {self.read_version} is no longer readable"
             )
 
+    async def version(self) -> int:
+        return self.read_version
+
     async def get(self, key: bytes) -> bytes | None:
         self._check()
         return self._engine.value_at(key, self.read_version)

@@ -37,7 +37,7 @@ KNOWN_EXTRAS: Mapping[str, str] = {}
 """Schemes served by an engine that ships with shaledb behind an extra,
 mapped to that extra's name."""
 
-PLANNED = frozenset({"lmdb", "postgresql", "redis", "etcd", "fdb", "shale", "shale+tls"})
+PLANNED = frozenset({"lmdb", "postgresql", "redis", "etcd", "fdb"})
 """Schemes of engines on the roadmap but not in this release."""
 
 

@@ -134,6 +134,9 @@ class SQLiteSnapshot:
             )
         return reader.conn
 
+    async def version(self) -> int:
+        return self.read_version
+
     async def get(self, key: bytes) -> bytes | None:
         conn = self._conn()
         try:

@@ -177,6 +177,9 @@ class Feed:
         """
         spec = db.feeds.get(name)
         if spec is None:
+            await db.refresh_feeds()  # another process may have declared it
+            spec = db.feeds.get(name)
+        if spec is None:
             raise UsageError(f"no feed named {name!r} is declared")
         return cls(
             spec.name,
@@ -225,6 +228,8 @@ class Feed:
         """
         if not 0 < operations <= ALL:
             raise UsageError(f"operations is a mask of INSERT|UPDATE|DELETE, not {operations!r}")
+        if self.name not in db.feeds:
+            await db.refresh_feeds()
         if self.name not in db.feeds:
             raise UsageError(f"feed {self.name!r} is not declared in this database; declare it")
         if batch_size < 1:
@@ -327,7 +332,8 @@ class Feed:
     async def _read(
         self, db: Database, begin: bytes, end: bytes, limit: int
     ) -> list[tuple[bytes, bytes]]:
-        async with db.transaction() as tr:
+        # Retried, so a subscriber through a server rides out its restarts.
+        async def read(tr: Transaction) -> list[tuple[bytes, bytes]]:
             tr.access_system_keys = True
             if await tr.snapshot.get(_declared_key(self.name)) is None:
                 raise UsageError(f"feed {self.name!r} was dropped; nothing more will be logged")
@@ -335,6 +341,8 @@ class Feed:
             if horizon and horizon >= begin:
                 raise HistoryLost(_after_key(horizon, self.name), "the log no longer holds it")
             return await tr.get_range(begin, end, limit=limit, snapshot=True)
+
+        return await db.run(read)
 
     async def origin(self, db: Database) -> bytes:
         """The cursor right after the feed's declaration: subscribing from it

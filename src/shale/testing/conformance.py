@@ -13,6 +13,7 @@ import pytest
 import shale
 from shale import tuple as tuples
 from shale.core.database import Database
+from shale.server import serve
 from shale.testing.feeds import FeedSuite
 from shale.testing.model import check_serializable, run_random_history
 
@@ -23,6 +24,13 @@ ENGINE_URLS = {
     "sqlite": "sqlite:////{tmp}/conformance.db",
 }
 """Built-in engines' URLs; ``{tmp}`` is a fresh directory without its leading slash."""
+
+SERVED = "shale"
+"""The parameter under which the suite runs through ``shale serve``: a
+server in the test's event loop, serving a SQLite file, reached over
+loopback by the ``shale://`` engine."""
+
+_TOKEN = "conformance-token"
 
 Opener = Callable[..., Awaitable[Database]]
 
@@ -47,9 +55,16 @@ async def _scan(
 class ConformanceSuite(FeedSuite):
     """Every test here must pass on every engine."""
 
-    @pytest.fixture(params=sorted(ENGINE_URLS))
-    def db_url(self, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-        return ENGINE_URLS[request.param].format(tmp=str(tmp_path).lstrip("/"))
+    @pytest.fixture(params=sorted([*ENGINE_URLS, SERVED]))
+    async def db_url(self, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+        if request.param != SERVED:
+            yield ENGINE_URLS[request.param].format(tmp=str(tmp_path).lstrip("/"))
+            return
+        server = await serve(f"sqlite:///{tmp_path}/served.db", _TOKEN, port=0)
+        try:
+            yield f"shale://:{_TOKEN}@127.0.0.1:{server.port}"
+        finally:
+            await server.stop(drain=1.0)
 
     @pytest.fixture
     async def opener(self, db_url: str) -> AsyncIterator[Opener]:

@@ -1,0 +1,445 @@
+"""The ``shale://`` engine: a database served by ``shale serve``.
+
+``shale://[:TOKEN@]host[:port]`` (``shale+tls://`` for TLS). The token comes
+from the ``token=`` option, the URL, or ``$SHALE_TOKEN``, in that order.
+Options: ``ca`` (a CA file to verify the server with; the system's by
+default), ``verify`` (``false`` to skip verification — for tests only),
+``server_hostname``, ``connect_timeout`` (seconds to keep trying to reach
+the server before ``Unavailable``; default 10).
+
+One connection per engine carries every transaction's requests, pipelined.
+Snapshots live on the server: opening one is a one-way message sent ahead
+of the first read, so a transaction's first read costs one round trip, not
+two. When the connection drops, requests in flight fail — reads with the
+retryable ``Unavailable``, commits with ``CommitUnknownResult`` (which
+``Database.run`` resolves with the commit's idempotency id) — and the next
+request reconnects, with backoff, for up to ``connect_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import random
+import ssl
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit
+
+from shale import errors
+from shale.engines.base import Capabilities, CommitRequest, CommitResult, EngineSnapshot
+from shale.server.protocol import (
+    PROTOCOL_VERSION,
+    REPLY,
+    ErrorCode,
+    FrameError,
+    FrameReader,
+    MessageType,
+    decode_body,
+    encode_commit,
+    error_from,
+    frame,
+)
+
+__all__ = ["RemoteEngine", "RemoteSnapshot"]
+
+DEFAULT_PORT = 7480
+CONNECT_TIMEOUT = 10.0
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class _Link(asyncio.Protocol):
+    """One connection: frames out, replies matched to their requests."""
+
+    def __init__(self, engine: RemoteEngine) -> None:
+        self.engine = engine
+        self.reader = FrameReader(1 << 20)
+        self.pending: dict[int, tuple[asyncio.Future[tuple[Any, ...]], int]] = {}
+        self.ids = itertools.count(1)
+        self.snapshot_ids = itertools.count(1)
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[errors.ShaleError] = asyncio.get_running_loop().create_future()
+        self.slots = asyncio.Semaphore(64)
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.used = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(errors.Unavailable(f"lost the connection to the server: {exc or 'closed'}"))
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for kind, request, body in self.reader.feed(data):
+                self._reply(kind, request, body)
+        except (FrameError, errors.ProtocolError) as exc:
+            self._fail(errors.ProtocolError(f"the server sent a bad frame: {exc}"))
+
+    def _reply(self, kind: int, request: int, body: bytes) -> None:
+        fields = decode_body(body)
+        if request == 0:  # the server ends the connection, saying why
+            code, message = fields if len(fields) == 2 else (ErrorCode.INTERNAL, repr(fields))
+            self._fail(error_from(code, message), code=code)
+            return
+        entry = self.pending.pop(request, None)
+        if entry is None:
+            return
+        future, sent = entry
+        if future.done():
+            return
+        if kind == MessageType.ERROR:
+            future.set_exception(error_from(*fields))
+        elif kind == sent | REPLY:
+            future.set_result(fields)
+        else:
+            future.set_exception(errors.ProtocolError(f"reply {kind:#x} to request {sent:#x}"))
+
+    def _fail(self, error: errors.ShaleError, code: int | None = None) -> None:
+        if self.closed.done():
+            return
+        self.closed.set_result(error)
+        if self.transport is not None:
+            self.transport.close()
+        pending, self.pending = self.pending, {}
+        for future, sent in pending.values():
+            if future.done():
+                continue
+            if sent == MessageType.COMMIT and code != ErrorCode.AUTHENTICATION:
+                unknown = errors.CommitUnknownResult(f"the commit's outcome is unknown: {error}")
+                future.set_exception(unknown)
+            else:
+                future.set_exception(error)
+        self.engine._link_lost(self)
+
+    @property
+    def alive(self) -> bool:
+        return not self.closed.done()
+
+    def send(self, kind: int, fields: tuple[Any, ...]) -> None:
+        """A message that gets no reply."""
+        if self.alive and self.transport is not None:
+            self.transport.write(frame(kind, 0, fields))
+
+    async def call(self, kind: int, fields: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Send a request and wait for its reply's fields."""
+        if not self.alive:
+            raise self.closed.result()
+        async with self.slots:
+            if not self._writable.is_set():
+                await self._writable.wait()
+            return await self.call_now(kind, fields)
+
+    async def call_now(self, kind: int, fields: tuple[Any, ...]) -> tuple[Any, ...]:
+        return await self.start(kind, fields)
+
+    def start(self, kind: int, fields: tuple[Any, ...]) -> asyncio.Future[tuple[Any, ...]]:
+        """Send a request now; the future of its reply's fields."""
+        if not self.alive or self.transport is None:
+            raise self.closed.result() if self.closed.done() else errors.Unavailable("closed")
+        request = next(self.ids)
+        future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+        self.pending[request] = (future, kind)
+        self.used = True
+        self.transport.write(frame(kind, request, fields))
+        return future
+
+
+class RemoteSnapshot:
+    """A snapshot held open on the server for one transaction."""
+
+    __slots__ = ("_engine", "_link", "_opened", "_released", "_sid")
+
+    def __init__(
+        self,
+        engine: RemoteEngine,
+        link: _Link,
+        sid: int,
+        opened: asyncio.Future[tuple[Any, ...]],
+    ) -> None:
+        self._engine = engine
+        self._link = link
+        self._sid = sid
+        self._opened = opened
+        self._released = False
+
+    @property
+    def read_version(self) -> int:
+        if not self._opened.done() or self._opened.exception() is not None:
+            raise errors.UsageError("the read version is not known yet; await version()")
+        version: int = self._opened.result()[0]
+        return version
+
+    async def version(self) -> int:
+        version: int = (await self._opened)[0]
+        return version
+
+    async def get(self, key: bytes) -> bytes | None:
+        fields = await self._call(MessageType.GET, (self._sid, key))
+        value: bytes | None = fields[0]
+        return value
+
+    async def get_range(
+        self, begin: bytes, end: bytes, limit: int, reverse: bool
+    ) -> list[tuple[bytes, bytes]]:
+        rows: list[tuple[bytes, bytes]] = []
+        while True:
+            want = limit - len(rows) if limit else 0
+            more, *flat = await self._call(
+                MessageType.GET_RANGE, (self._sid, begin, end, want, reverse)
+            )
+            rows += zip(flat[::2], flat[1::2], strict=True)
+            if not more or not flat or (limit and len(rows) >= limit):
+                return rows
+            if reverse:
+                end = flat[-2]
+            else:
+                begin = flat[-2] + b"\x00"
+
+    async def _call(self, kind: int, fields: tuple[Any, ...]) -> tuple[Any, ...]:
+        if self._released:
+            raise errors.TransactionTooOld("the snapshot was released")
+        if not self._link.alive:
+            raise errors.Unavailable("the connection this snapshot lived on was lost; retry")
+        # Sent without waiting for the open: the server queues it behind it.
+        try:
+            return await self._link.call(kind, fields)
+        except errors.ProtocolError:
+            if self._opened.done() and not self._opened.cancelled():
+                failure = self._opened.exception()
+                if failure is not None:
+                    raise failure from None
+            raise
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._link.send(MessageType.RELEASE, (self._sid,))
+
+
+class RemoteEngine:
+    """The client of ``shale serve``; see the module docstring."""
+
+    scheme: ClassVar[str] = "shale"
+    capabilities: Capabilities
+
+    def __init__(self, address: tuple[str, int], token: bytes, settings: _Settings) -> None:
+        self.address = address
+        self.token = token
+        self.settings = settings
+        self.capabilities = Capabilities(multi_process=True, unknown_results=True)
+        self._link: _Link | None = None
+        self._connecting: asyncio.Task[_Link] | None = None
+        self._feeds: dict[str, asyncio.Future[None]] = {}
+        self._pinger: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<RemoteEngine {self.address[0]}:{self.address[1]}>"
+
+    @classmethod
+    async def open(cls, url: str, options: Mapping[str, object]) -> RemoteEngine:
+        address, token, settings = _parse(url, options)
+        engine = cls(address, token, settings)
+        await engine._connected()
+        return engine
+
+    # -- connection --------------------------------------------------------
+
+    async def _connected(self) -> _Link:
+        link = self._link
+        if link is not None and link.alive:
+            return link
+        if self._closed:
+            raise errors.UsageError("the engine is closed")
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._connect())
+        return await asyncio.shield(self._connecting)
+
+    async def _connect(self) -> _Link:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.connect_timeout
+        delay = 0.05
+        while True:
+            try:
+                return await self._handshake()
+            except (OSError, errors.Unavailable, TimeoutError) as exc:
+                if loop.time() + delay > deadline:
+                    host, port = self.address
+                    raise errors.Unavailable(
+                        f"cannot reach the server at {host}:{port}: {exc}"
+                    ) from None
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 1.0)
+
+    async def _handshake(self) -> _Link:
+        loop = asyncio.get_running_loop()
+        host, port = self.address
+        settings = self.settings
+        _, link = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: _Link(self),
+                host,
+                port,
+                ssl=settings.ssl,
+                server_hostname=settings.server_hostname if settings.ssl else None,
+            ),
+            settings.connect_timeout,
+        )
+        try:
+            fields = await asyncio.wait_for(
+                link.call_now(MessageType.HELLO, (PROTOCOL_VERSION, self.token, "shale-python")),
+                settings.connect_timeout,
+            )
+        except BaseException:
+            if link.transport is not None:
+                link.transport.close()
+            raise
+        _, _, max_frame, max_in_flight, idle, durable, persistent, old = fields
+        link.reader.max_frame = max_frame
+        link.slots = asyncio.Semaphore(max_in_flight)
+        self.capabilities = Capabilities(
+            durable=durable,
+            persistent=persistent,
+            multi_process=True,
+            old_snapshots=old,
+            unknown_results=True,
+        )
+        self._link = link
+        if self._pinger is None or self._pinger.done():
+            self._pinger = asyncio.ensure_future(self._ping(idle / 3))
+        return link
+
+    def _link_lost(self, link: _Link) -> None:
+        if self._link is link:
+            self._link = None
+        # Subscribers re-read after a reconnect: what they missed is in the log.
+        feeds, self._feeds = self._feeds, {}
+        for future in feeds.values():
+            if not future.done():
+                future.set_result(None)
+
+    async def _ping(self, interval: float) -> None:
+        while not self._closed:
+            await asyncio.sleep(interval)
+            link = self._link
+            if link is not None and link.alive and not link.used:
+                with contextlib.suppress(errors.ShaleError):
+                    await link.call(MessageType.PING, ())
+            if link is not None:
+                link.used = False
+
+    # -- the engine contract ---------------------------------------------------
+
+    async def snapshot(self, version: int | None = None) -> EngineSnapshot:
+        link = await self._connected()
+        sid = next(link.snapshot_ids)
+        # Sent now, outside the in-flight slots (the server bounds open
+        # snapshots instead), so that a read sent next queues behind it.
+        opened = link.start(MessageType.OPEN, (sid, version))
+        # A transaction that never reads never awaits it.
+        opened.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return RemoteSnapshot(self, link, sid, opened)
+
+    async def commit(self, request: CommitRequest) -> CommitResult:
+        link = await self._connected()
+        version, order = await link.call(MessageType.COMMIT, encode_commit(0, request))
+        return CommitResult(version, order)
+
+    def next_change(self, feed: str) -> asyncio.Future[None]:
+        """Resolves when the server reports a commit under ``feed``'s prefix,
+        or the connection drops (whoever waits then reads what it missed)."""
+        future = self._feeds.get(feed)
+        if future is None or future.done():
+            future = self._feeds[feed] = asyncio.get_running_loop().create_future()
+            task = asyncio.ensure_future(self._watch(feed, future))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return future
+
+    async def _watch(self, feed: str, future: asyncio.Future[None]) -> None:
+        try:
+            link = await self._connected()
+            await link.call(MessageType.WATCH_FEED, (feed,))
+        finally:
+            if not future.done():
+                future.set_result(None)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in (self._pinger, self._connecting):
+            if task is not None:
+                task.cancel()
+        link = self._link
+        if link is not None and link.transport is not None:
+            link.transport.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(link.closed), 1.0)
+
+
+class _Settings:
+    __slots__ = ("connect_timeout", "server_hostname", "ssl")
+
+    def __init__(
+        self, ssl_context: ssl.SSLContext | None, server_hostname: str | None, timeout: float
+    ) -> None:
+        self.ssl = ssl_context
+        self.server_hostname = server_hostname
+        self.connect_timeout = timeout
+
+
+def _parse(url: str, options: Mapping[str, object]) -> tuple[tuple[str, int], bytes, _Settings]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("shale", "shale+tls"):
+        raise errors.EngineError(f"{url!r} is not a shale:// or shale+tls:// URL")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise errors.EngineError(f"{url!r} has an invalid port") from None
+    host = parts.hostname
+    if not host:
+        raise errors.EngineError(f"{url!r} names no host (shale://host:port)")
+    token = options.get("token") or unquote(parts.password or "") or os.environ.get("SHALE_TOKEN")
+    if not token:
+        raise errors.AuthenticationError(
+            "no token: pass token=..., put it in the URL (shale://:TOKEN@host:port) "
+            "or set SHALE_TOKEN"
+        )
+    if not isinstance(token, str | bytes):
+        raise errors.UsageError(f"the token is a str, not {type(token).__name__}")
+    context = _ssl_context(options) if scheme == "shale+tls" else None
+    hostname = options.get("server_hostname")
+    timeout = float(str(options.get("connect_timeout", CONNECT_TIMEOUT)))
+    if timeout <= 0:
+        raise errors.UsageError(f"connect_timeout must be positive, not {timeout}")
+    return (
+        (host, port),
+        token.encode() if isinstance(token, str) else token,
+        _Settings(context, str(hostname) if hostname else host, timeout),
+    )
+
+
+def _ssl_context(options: Mapping[str, object]) -> ssl.SSLContext:
+    ca = options.get("ca")
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    verify = str(options.get("verify", "true")).lower()
+    if verify in _FALSE:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif verify not in _TRUE:
+        raise errors.UsageError(f"verify is true or false, not {verify!r}")
+    return context

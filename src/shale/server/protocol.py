@@ -1,0 +1,382 @@
+"""The wire protocol between ``shale serve`` and the ``shale://`` engine.
+
+Every message is one frame::
+
+    u32 length | u8 type | u32 request id | body
+
+in network byte order; ``length`` counts everything after itself (so it is
+at least 5). The body is a FoundationDB tuple (``shale.tuple``), a
+documented, language-neutral encoding that carries only data. The client
+numbers its requests; a reply carries the request's id and type with the
+high bit set, or ``ERROR``. Id 0 is for messages that get no reply, and for
+errors that end the connection. ``docs/protocol.md`` is the full
+description; this module is its executable half, and must agree with it.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shale import errors
+from shale import tuple as tuples
+from shale.core.transaction import MAX_KEY_SIZE, MAX_TRANSACTION_SIZE
+from shale.engines.atomic import MAX_VALUE_SIZE
+from shale.engines.base import CommitRequest, KeyRange, Mutation, MutationType
+
+__all__ = [
+    "HANDSHAKE_LIMIT",
+    "HEADER",
+    "PROTOCOL_VERSION",
+    "REPLY",
+    "ErrorCode",
+    "FrameError",
+    "FrameReader",
+    "Limits",
+    "MessageType",
+    "check_fields",
+    "decode_body",
+    "decode_commit",
+    "encode_commit",
+    "error_from",
+    "error_of",
+    "frame",
+]
+
+PROTOCOL_VERSION = 1
+
+HEADER = struct.Struct(">IBI")
+"""Length (of what follows it), message type, request id."""
+
+HANDSHAKE_LIMIT = 4096
+"""The largest first frame the server reads before the token is checked."""
+
+REPLY = 0x80
+"""Set on the type of a successful reply: ``GET`` is answered by ``GET | REPLY``."""
+
+
+class MessageType(enum.IntEnum):
+    """What a frame is. Replies reuse the request's value with ``REPLY`` set."""
+
+    HELLO = 0x01
+    PING = 0x02
+    OPEN = 0x10
+    GET = 0x11
+    GET_RANGE = 0x12
+    RELEASE = 0x13
+    COMMIT = 0x14
+    WATCH_FEED = 0x15
+    ERROR = 0x7F
+
+
+class ErrorCode(enum.IntEnum):
+    """The ``code`` of an ``ERROR`` frame; stable across versions."""
+
+    CONFLICT = 1
+    TRANSACTION_TOO_OLD = 2
+    COMMIT_UNKNOWN_RESULT = 3
+    UNAVAILABLE = 4
+    KEY_TOO_LARGE = 10
+    VALUE_TOO_LARGE = 11
+    TRANSACTION_TOO_LARGE = 12
+    USAGE = 20
+    READ_VERSION = 21
+    INVERTED_RANGE = 22
+    ENGINE = 30
+    READ_ONLY = 31
+    HISTORY_LOST = 32
+    BAD_FRAME = 40
+    UNKNOWN_MESSAGE = 41
+    INVALID_FIELDS = 42
+    FRAME_TOO_LARGE = 43
+    TOO_MANY_REQUESTS = 44
+    TOO_MANY_CONNECTIONS = 45
+    TIMEOUT = 46
+    UNKNOWN_SNAPSHOT = 47
+    AUTHENTICATION = 50
+    UNSUPPORTED_VERSION = 51
+    SHUTTING_DOWN = 60
+    INTERNAL = 99
+
+
+# Most specific first: error_of walks this in order.
+_CODES: tuple[tuple[type[errors.ShaleError], ErrorCode], ...] = (
+    (errors.ConflictError, ErrorCode.CONFLICT),
+    (errors.TransactionTooOld, ErrorCode.TRANSACTION_TOO_OLD),
+    (errors.CommitUnknownResult, ErrorCode.COMMIT_UNKNOWN_RESULT),
+    (errors.Unavailable, ErrorCode.UNAVAILABLE),
+    (errors.KeyTooLarge, ErrorCode.KEY_TOO_LARGE),
+    (errors.ValueTooLarge, ErrorCode.VALUE_TOO_LARGE),
+    (errors.TransactionTooLarge, ErrorCode.TRANSACTION_TOO_LARGE),
+    (errors.ReadVersionError, ErrorCode.READ_VERSION),
+    (errors.InvertedRange, ErrorCode.INVERTED_RANGE),
+    (errors.UsageError, ErrorCode.USAGE),
+    (errors.ReadOnlyError, ErrorCode.READ_ONLY),
+    (errors.HistoryLost, ErrorCode.HISTORY_LOST),
+    (errors.AuthenticationError, ErrorCode.AUTHENTICATION),
+    (errors.ProtocolError, ErrorCode.INVALID_FIELDS),
+    (errors.EngineError, ErrorCode.ENGINE),
+)
+
+_PROTOCOL_CODES = frozenset(
+    {
+        ErrorCode.BAD_FRAME,
+        ErrorCode.UNKNOWN_MESSAGE,
+        ErrorCode.INVALID_FIELDS,
+        ErrorCode.FRAME_TOO_LARGE,
+        ErrorCode.TOO_MANY_REQUESTS,
+        ErrorCode.TOO_MANY_CONNECTIONS,
+        ErrorCode.TIMEOUT,
+        ErrorCode.UNKNOWN_SNAPSHOT,
+        ErrorCode.UNSUPPORTED_VERSION,
+    }
+)
+
+
+def error_of(exc: BaseException) -> ErrorCode:
+    """The code that carries ``exc`` to the client."""
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    return ErrorCode.INTERNAL
+
+
+def error_from(code: int, message: str) -> errors.ShaleError:
+    """The exception a client raises for an ``ERROR`` frame."""
+    for cls, known in _CODES:
+        if known == code and code != ErrorCode.INVALID_FIELDS:
+            return cls(message)
+    if code == ErrorCode.SHUTTING_DOWN:
+        return errors.Unavailable(message)
+    if code in _PROTOCOL_CODES:
+        return errors.ProtocolError(message)
+    return errors.EngineError(f"server error {code}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The server's hard limits; the ``HELLO`` reply tells the client the
+    ones it must respect."""
+
+    max_frame: int = 16 << 20
+    """Largest frame either side accepts: a 10 MB transaction plus framing."""
+    max_in_flight: int = 256
+    """Requests per connection awaiting a reply; more are refused."""
+    max_connections: int = 1024
+    max_snapshots: int = 10_000
+    """Snapshots one connection may hold open (one per live transaction)."""
+    handshake_timeout: float = 5.0
+    """Seconds a new connection has to authenticate."""
+    idle_timeout: float = 60.0
+    """Seconds without a frame before an authenticated connection is closed;
+    clients ping at a third of it."""
+    stall_timeout: float = 30.0
+    """Seconds a client may leave the server unable to send before it is
+    dropped."""
+    range_bytes: int = 1 << 20
+    """A ``GET_RANGE`` reply stops at about this many bytes of rows."""
+
+
+def frame(kind: int, request: int, fields: Sequence[Any]) -> bytes:
+    """One encoded frame."""
+    body = tuples.pack(tuple(fields))
+    return HEADER.pack(len(body) + 5, kind, request) + body
+
+
+class FrameError(errors.ProtocolError):
+    """A frame length that ends the connection, with the code to send."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class FrameReader:
+    """Cuts a byte stream into frames, refusing bad lengths before buffering
+    a frame's body."""
+
+    def __init__(self, max_frame: int) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet make a whole frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> Iterator[tuple[int, int, bytes]]:
+        """Add ``data``; yield ``(type, request id, body)`` for each complete
+        frame.
+
+        Raises:
+            FrameError: a length below 5 or above ``max_frame``.
+        """
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        end = len(buffer)
+        try:
+            while end - start >= 4:
+                length = int.from_bytes(buffer[start : start + 4], "big")
+                if length < 5:
+                    raise FrameError(
+                        ErrorCode.BAD_FRAME, f"frame length {length} is below the minimum of 5"
+                    )
+                if length > self.max_frame:
+                    raise FrameError(
+                        ErrorCode.FRAME_TOO_LARGE,
+                        f"frame length {length} is above the limit of {self.max_frame}",
+                    )
+                stop = start + 4 + length
+                if stop > end:
+                    break
+                _, kind, request = HEADER.unpack_from(buffer, start)
+                yield kind, request, bytes(buffer[start + 9 : stop])
+                start = stop
+        finally:
+            del buffer[:start]
+
+
+def decode_body(body: bytes) -> tuple[Any, ...]:
+    """The fields of a frame body.
+
+    Raises:
+        ProtocolError: the body is not a tuple encoding.
+    """
+    try:
+        return tuples.unpack(body)
+    except ValueError as exc:
+        raise errors.ProtocolError(f"the body is not a valid tuple: {exc}") from None
+
+
+def check_fields(fields: tuple[Any, ...], *kinds: type | tuple[type, ...]) -> None:
+    """Raise ``ProtocolError`` unless ``fields`` has exactly these types.
+
+    ``bool`` is not accepted for ``int``: the encoding tells them apart.
+    """
+    if len(fields) != len(kinds):
+        raise errors.ProtocolError(f"expected {len(kinds)} fields, got {len(fields)}")
+    for index, (value, kind) in enumerate(zip(fields, kinds, strict=True)):
+        allowed = kind if isinstance(kind, tuple) else (kind,)
+        if type(value) not in allowed:
+            names = " or ".join("none" if k is type(None) else k.__name__ for k in allowed)
+            raise errors.ProtocolError(f"field {index} must be {names}, not {type(value).__name__}")
+
+
+# -- commits ----------------------------------------------------------------
+
+
+def encode_commit(snapshot: int, request: CommitRequest) -> tuple[Any, ...]:
+    """The fields of a ``COMMIT`` frame. Feeds are not sent: the server's
+    own declarations decide what is logged."""
+    mutations: list[Any] = []
+    for kind, key, param in request.mutations:
+        mutations += (int(kind), key, param)
+    return (
+        snapshot,
+        request.read_version,
+        tuple(mutations),
+        tuple(request.read_keys),
+        _flat(request.read_ranges),
+        tuple(request.write_keys),
+        _flat(request.write_ranges),
+        request.versionstamped,
+    )
+
+
+def _flat(ranges: Sequence[KeyRange]) -> tuple[bytes, ...]:
+    out: list[bytes] = []
+    for begin, end in ranges:
+        out += (begin, end)
+    return tuple(out)
+
+
+def decode_commit(fields: tuple[Any, ...]) -> tuple[int, CommitRequest]:
+    """``(snapshot id, request)`` from a ``COMMIT`` frame's fields.
+
+    Raises:
+        ProtocolError: a field has the wrong type or shape.
+    """
+    check_fields(fields, int, int, tuple, tuple, tuple, tuple, tuple, bool)
+    snapshot, read_version, flat, read_keys, read_ranges, write_keys, write_ranges, stamped = fields
+    if len(flat) % 3:
+        raise errors.ProtocolError("mutations must be (type, key, param) triples")
+    mutations: list[Mutation] = []
+    for i in range(0, len(flat), 3):
+        kind, key, param = flat[i : i + 3]
+        if type(kind) is not int or type(key) is not bytes or type(param) is not bytes:
+            raise errors.ProtocolError(f"mutation {i // 3} must be (int, bytes, bytes)")
+        try:
+            mutations.append((MutationType(kind), key, param))
+        except ValueError:
+            raise errors.ProtocolError(f"mutation {i // 3} has unknown type {kind}") from None
+    written, cleared = _check_mutations(mutations)
+    request = CommitRequest(
+        read_version=read_version,
+        mutations=mutations,
+        read_keys=frozenset(_keys(read_keys, "read keys")),
+        read_ranges=_ranges(read_ranges, "read ranges"),
+        write_keys=frozenset(_keys(write_keys, "write keys")) | written,
+        write_ranges=_ranges(write_ranges, "write ranges") + cleared,
+        versionstamped=stamped
+        or any(m[0] >= MutationType.SET_VERSIONSTAMPED_KEY for m in mutations),
+    )
+    return snapshot, request
+
+
+_STAMP_OFFSET = struct.Struct("<I")
+
+
+def _check_mutations(mutations: list[Mutation]) -> tuple[frozenset[bytes], list[KeyRange]]:
+    """Apply the core's limits again, since engines trust them, and return
+    the keys and ranges the mutations write: the server does not rely on a
+    client's conflict sets to protect other clients.
+
+    Raises:
+        LimitError: a key, value or the whole commit is too large.
+        ProtocolError: an inverted clear range or a bad versionstamp offset.
+    """
+    written: set[bytes] = set()
+    cleared: list[KeyRange] = []
+    size = 0
+    for kind, key, param in mutations:
+        size += len(key) + len(param)
+        stamped_key = kind is MutationType.SET_VERSIONSTAMPED_KEY
+        stamped_value = kind is MutationType.SET_VERSIONSTAMPED_VALUE
+        if len(key) > MAX_KEY_SIZE + 4 * stamped_key:
+            raise errors.KeyTooLarge(f"key of {len(key)} bytes exceeds the limit")
+        if kind is MutationType.CLEAR_RANGE:
+            if key > param:
+                raise errors.ProtocolError("a clear range's begin is after its end")
+            cleared.append((key, param))
+            continue
+        if len(param) > MAX_VALUE_SIZE + 4 * stamped_value:
+            raise errors.ValueTooLarge(f"value of {len(param)} bytes exceeds the limit")
+        if stamped_key or stamped_value:
+            _check_stamp(key if stamped_key else param)
+        if not stamped_key:
+            written.add(key)
+    if size > MAX_TRANSACTION_SIZE:
+        raise errors.TransactionTooLarge(f"the commit's writes exceed {MAX_TRANSACTION_SIZE} bytes")
+    return frozenset(written), cleared
+
+
+def _check_stamp(data: bytes) -> None:
+    if len(data) < 4 or _STAMP_OFFSET.unpack_from(data, len(data) - 4)[0] + 10 > len(data) - 4:
+        raise errors.ProtocolError("a versionstamp offset does not leave 10 bytes in place")
+
+
+def _keys(values: tuple[Any, ...], what: str) -> tuple[bytes, ...]:
+    if any(type(v) is not bytes for v in values):
+        raise errors.ProtocolError(f"{what} must all be bytes")
+    return values
+
+
+def _ranges(values: tuple[Any, ...], what: str) -> list[KeyRange]:
+    _keys(values, what)
+    if len(values) % 2:
+        raise errors.ProtocolError(f"{what} must be (begin, end) pairs")
+    return [(values[i], values[i + 1]) for i in range(0, len(values), 2)]

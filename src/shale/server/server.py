@@ -1,0 +1,605 @@
+"""``shale serve``: one database, many clients, over TCP with optional TLS.
+
+The server is a plain user of the core: it opens a ``Database`` and hands
+its engine the clients' snapshots and commits, so the engine's own resolver
+validates every commit, and the database's declared feeds (kept here, not
+by clients) decide what each commit logs. Each connection is an
+``asyncio.Protocol``: frames are cut and checked as bytes arrive, each
+request runs as a task, and replies go out in completion order, tagged with
+the request's id.
+
+A connection is closed, and nobody else harmed, when it breaks the
+protocol: a bad frame length, a first frame that is not a valid ``HELLO``,
+a wrong token, silence before authenticating or for ``idle_timeout``
+after, or leaving the server unable to write to it for ``stall_timeout``.
+While the server cannot write to a client it stops reading from it, so a
+client that does not read its replies holds at most ``max_in_flight``
+replies in the server's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import ssl
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from shale import errors
+from shale import tuple as tuples
+from shale.core.database import FEED_DECLARATIONS, Database
+from shale.core.database import open as open_database
+from shale.engines.base import CommitRequest, EngineSnapshot, MutationType
+from shale.engines.feedlog import FeedSpec, decode_declaration
+from shale.server.protocol import (
+    HANDSHAKE_LIMIT,
+    PROTOCOL_VERSION,
+    REPLY,
+    ErrorCode,
+    FrameError,
+    FrameReader,
+    Limits,
+    MessageType,
+    check_fields,
+    decode_body,
+    decode_commit,
+    error_of,
+    frame,
+)
+
+__all__ = ["DEFAULT_PORT", "Server", "serve"]
+
+DEFAULT_PORT = 7480
+
+SWEEP_INTERVAL = 60.0
+"""Seconds between sweeps of expired idempotency ids."""
+
+log = logging.getLogger("shale.server")
+
+_QUIET_FAILURES = (errors.ConflictError, errors.TransactionTooOld)
+"""Commit failures that are part of normal operation: logged at DEBUG."""
+
+
+class Server:
+    """Serves ``db`` to clients presenting ``token``.
+
+    Start it with ``await server.start(host, port)`` (port 0 picks a free
+    one, then ``server.port`` tells it), stop it with ``await server.stop()``.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        token: str | bytes,
+        *,
+        limits: Limits | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if not token:
+            raise errors.UsageError("the server needs a non-empty token")
+        self.db = db
+        self.token = token.encode() if isinstance(token, str) else token
+        self.limits = limits or Limits()
+        self.ssl_context = ssl_context
+        self.connections: set[Connection] = set()
+        self.port = 0
+        self.host = ""
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+        """Listen on ``host:port``."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Connection(self),
+            host,
+            port,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=self.limits.handshake_timeout if self.ssl_context else None,
+            backlog=2048,
+        )
+        self.host = host
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.create_task(self._sweep())
+        scheme = "shale+tls" if self.ssl_context else "shale"
+        log.info("serving %s on %s://%s:%d", self.db.url, scheme, host, self.port)
+
+    async def serve_forever(self) -> None:
+        """Wait until ``stop()`` is called."""
+        if self._server is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._server.wait_closed()
+            while not self._stopping or self.connections:
+                await asyncio.sleep(0.05)
+
+    async def stop(self, drain: float = 10.0) -> None:
+        """Stop accepting, let requests in flight finish for up to ``drain``
+        seconds (the rest fail with ``SHUTTING_DOWN``, commits with
+        ``COMMIT_UNKNOWN_RESULT``), close every connection, then the
+        database, which finishes the commits its engine has queued."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        connections = list(self.connections)
+        for connection in connections:
+            connection.stop_reading()
+        pending = [t for c in connections for t in c.tasks]
+        if pending:
+            await asyncio.wait(pending, timeout=drain)
+        for connection in connections:
+            connection.close("server shutting down", ErrorCode.SHUTTING_DOWN)
+        await self.db.close()
+        log.info("stopped")
+
+    async def _sweep(self) -> None:
+        from shale.core.idempotency import IDEMPOTENCY_RETENTION, sweep_idempotency_ids
+
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                await sweep_idempotency_ids(self.db, IDEMPOTENCY_RETENTION)
+            except errors.ShaleError as exc:
+                log.warning("sweeping idempotency ids failed: %s", exc)
+
+    # -- commits: declarations are the server's to keep --------------------
+
+    async def commit(self, request: CommitRequest) -> tuple[int, int]:
+        """Commit a client's request with the server's feeds, then wake the
+        feeds' watchers."""
+        db = self.db
+        undo = self._declare(request)
+        request.feeds = tuple(db.feeds.values())
+        try:
+            result = await db.engine.commit(request)
+        except BaseException:
+            undo()
+            raise
+        db._notify_watches(request.write_keys, request.write_ranges)
+        if db._next_change:
+            db._changed(request.write_keys, request.write_ranges, request.versionstamped)
+        return result.version, result.batch_order
+
+    def _declare(self, request: CommitRequest) -> Callable[[], None]:
+        """Apply the feed declarations and drops a commit writes before it is
+        queued, as ``Feed.declare`` does in process; return how to undo them
+        if the commit fails."""
+        feeds = self.db.feeds
+        before: dict[str, FeedSpec | None] = {}
+        for kind, key, param in request.mutations:
+            if not key.startswith(FEED_DECLARATIONS) or kind not in _DECLARING:
+                continue
+            try:
+                (name,) = tuples.unpack(key, len(FEED_DECLARATIONS))
+                spec = decode_declaration(param) if kind is MutationType.SET else None
+            except ValueError as exc:
+                raise errors.ProtocolError(f"invalid feed declaration: {exc}") from None
+            if not isinstance(name, str) or (spec is not None and spec.name != name):
+                raise errors.ProtocolError("a feed declaration's key and value disagree")
+            before.setdefault(name, feeds.get(name))
+            if spec is None:
+                feeds.pop(name, None)
+            else:
+                feeds[name] = spec
+
+        def undo() -> None:
+            for name, spec in before.items():
+                if spec is None:
+                    feeds.pop(name, None)
+                else:
+                    feeds[name] = spec
+
+        return undo
+
+
+_DECLARING = frozenset({MutationType.SET, MutationType.CLEAR})
+
+_COUNTED = frozenset(
+    {MessageType.GET, MessageType.GET_RANGE, MessageType.COMMIT, MessageType.WATCH_FEED}
+)
+"""Requests that hold a slot of ``max_in_flight`` until answered. Opens are
+bounded by ``max_snapshots``; pings and releases are answered at once."""
+
+
+class Connection(asyncio.Protocol):
+    """One client: authentication, then pipelined requests."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.limits = server.limits
+        self.reader = FrameReader(HANDSHAKE_LIMIT)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.snapshots: dict[int, asyncio.Task[EngineSnapshot]] = {}
+        self.watches: dict[int, tuple[asyncio.Future[None], Callable[..., None]]] = {}
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.authenticated = False
+        self.closed = False
+        self.last_heard = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None
+        self._reading = True
+
+    # -- transport callbacks ---------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if self.server._stopping:
+            self.close("server shutting down", ErrorCode.SHUTTING_DOWN)
+            return
+        if len(self.server.connections) >= self.limits.max_connections:
+            log.warning("%s refused: %d connections open", self.peer, len(self.server.connections))
+            self.close("too many connections", ErrorCode.TOO_MANY_CONNECTIONS)
+            return
+        self.server.connections.add(self)
+        log.info("%s connected", self.peer)
+        self._arm(self.limits.handshake_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.closed = True
+            log.info("%s disconnected%s", self.peer, f": {exc}" if exc else "")
+        self._cleanup()
+
+    def pause_writing(self) -> None:
+        self.stop_reading()
+        self._stall = asyncio.get_running_loop().call_later(
+            self.limits.stall_timeout, self.close, "client stopped reading", ErrorCode.TIMEOUT
+        )
+
+    def resume_writing(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if not self.server._stopping and self.transport is not None and not self.closed:
+            self._reading = True
+            self.transport.resume_reading()
+
+    def stop_reading(self) -> None:
+        if self._reading and self.transport is not None and not self.closed:
+            self._reading = False
+            self.transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = time.monotonic()
+        try:
+            for kind, request, body in self.reader.feed(data):
+                if self.closed:
+                    return
+                if self.authenticated:
+                    self._dispatch(kind, request, body)
+                else:
+                    self._hello(kind, request, body)
+        except FrameError as exc:
+            self.close(str(exc), exc.code)
+
+    # -- closing -----------------------------------------------------------
+
+    def close(self, reason: str, code: ErrorCode | None = None) -> None:
+        """Send a final error (request id 0) if ``code``, then close."""
+        if self.closed or self.transport is None:
+            return
+        self.closed = True
+        if code is not None:
+            self.transport.write(frame(MessageType.ERROR, 0, (int(code), reason)))
+        log.info("%s closed: %s", self.peer, reason)
+        self.transport.close()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        self.server.connections.discard(self)
+        for handle in (self._timer, self._stall):
+            if handle is not None:
+                handle.cancel()
+        for future, callback in self.watches.values():
+            future.remove_done_callback(callback)
+        self.watches.clear()
+        for task in list(self.tasks):
+            task.cancel()
+        for sid in list(self.snapshots):
+            self._release(sid)
+
+    def _arm(self, delay: float) -> None:
+        self._timer = asyncio.get_running_loop().call_later(delay, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        if not self.authenticated:
+            self.close("no handshake within the deadline", ErrorCode.TIMEOUT)
+            return
+        idle = time.monotonic() - self.last_heard
+        if idle >= self.limits.idle_timeout and self._reading:
+            self.close(f"silent for {idle:.0f} s", ErrorCode.TIMEOUT)
+        else:
+            self._arm(max(self.limits.idle_timeout - idle, 0.05))
+
+    # -- handshake ---------------------------------------------------------
+
+    def _hello(self, kind: int, request: int, body: bytes) -> None:
+        if kind != MessageType.HELLO:
+            self.close("the first frame must be HELLO", ErrorCode.AUTHENTICATION)
+            return
+        try:
+            fields = decode_body(body)
+            check_fields(fields, int, bytes, str)
+        except errors.ProtocolError as exc:
+            self.close(f"invalid HELLO: {exc}", ErrorCode.INVALID_FIELDS)
+            return
+        version, token, client = fields
+        # Constant time whatever the token's length or contents.
+        if not hmac.compare_digest(token, self.server.token):
+            log.warning("%s refused: wrong token", self.peer)
+            self.close("wrong token", ErrorCode.AUTHENTICATION)
+            return
+        if version != PROTOCOL_VERSION:
+            self.close(
+                f"protocol version {version} is not supported; this server speaks "
+                f"{PROTOCOL_VERSION}",
+                ErrorCode.UNSUPPORTED_VERSION,
+            )
+            return
+        self.authenticated = True
+        self.reader.max_frame = self.limits.max_frame
+        if self._timer is not None:
+            self._timer.cancel()
+        self._arm(self.limits.idle_timeout)
+        log.info("%s authenticated (%s)", self.peer, client[:64])
+        capabilities = self.server.db.engine.capabilities
+        self._send(
+            MessageType.HELLO | REPLY,
+            request,
+            (
+                PROTOCOL_VERSION,
+                f"shale-server {_version()}",
+                self.limits.max_frame,
+                self.limits.max_in_flight,
+                float(self.limits.idle_timeout),
+                capabilities.durable,
+                capabilities.persistent,
+                capabilities.old_snapshots,
+            ),
+        )
+
+    # -- requests ----------------------------------------------------------
+
+    def _send(self, kind: int, request: int, fields: tuple[Any, ...]) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(frame(kind, request, fields))
+
+    def _error(self, request: int, code: ErrorCode, message: str) -> None:
+        self._send(MessageType.ERROR, request, (int(code), message))
+
+    def _dispatch(self, kind: int, request: int, body: bytes) -> None:
+        handler = _HANDLERS.get(kind)
+        if handler is None:
+            self._refuse(request, ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {kind:#x}")
+            return
+        if kind in _COUNTED and len(self.tasks) + len(self.watches) >= self.limits.max_in_flight:
+            self._refuse(
+                request,
+                ErrorCode.TOO_MANY_REQUESTS,
+                f"more than {self.limits.max_in_flight} requests in flight",
+            )
+            return
+        try:
+            handler(self, request, decode_body(body))
+        except FrameError as exc:
+            self._refuse(request, exc.code, str(exc))
+        except errors.ProtocolError as exc:
+            self._refuse(request, ErrorCode.INVALID_FIELDS, f"{MessageType(kind).name}: {exc}")
+        except errors.ShaleError as exc:
+            self._refuse(request, error_of(exc), str(exc))
+
+    def _refuse(self, request: int, code: ErrorCode, message: str) -> None:
+        """Answer a request with an error; one with no id to answer to
+        cannot be told apart from garbage, so it ends the connection."""
+        if request == 0:
+            self.close(message, code)
+        else:
+            self._error(request, code, message)
+
+    def _spawn(self, kind: int, request: int, work: Coroutine[Any, Any, tuple[Any, ...]]) -> None:
+        task = asyncio.ensure_future(self._answer(kind, request, work))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _answer(
+        self, kind: int, request: int, work: Coroutine[Any, Any, tuple[Any, ...]]
+    ) -> None:
+        try:
+            result = await work
+        except asyncio.CancelledError:
+            if kind == MessageType.COMMIT:
+                self._error(request, ErrorCode.COMMIT_UNKNOWN_RESULT, "server shutting down")
+            else:
+                self._error(request, ErrorCode.SHUTTING_DOWN, "server shutting down")
+            raise
+        except errors.ShaleError as exc:
+            if kind == MessageType.COMMIT:
+                level = logging.DEBUG if isinstance(exc, _QUIET_FAILURES) else logging.WARNING
+                log.log(level, "%s commit failed: %s: %s", self.peer, type(exc).__name__, exc)
+            self._error(request, error_of(exc), str(exc))
+        except Exception as exc:
+            log.exception("%s request %#x failed", self.peer, kind)
+            self._error(request, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        else:
+            if request:
+                self._send(kind | REPLY, request, result)
+
+    def _snapshot(self, sid: object) -> asyncio.Task[EngineSnapshot]:
+        task = self.snapshots.get(sid) if type(sid) is int else None
+        if task is None:
+            raise errors.ProtocolError(f"no open snapshot {sid!r}")
+        return task
+
+    def _release(self, sid: int) -> None:
+        task = self.snapshots.pop(sid, None)
+        if task is not None:
+            task.add_done_callback(_release_snapshot)
+
+
+def _release_snapshot(task: asyncio.Task[EngineSnapshot]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().release()
+
+
+# -- handlers: check the fields now, do the work in a task --------------------
+
+
+def _ping(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
+    check_fields(fields)
+    if request:
+        conn._send(MessageType.PING | REPLY, request, ())
+
+
+def _open(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
+    check_fields(fields, int, (int, type(None)))
+    sid, version = fields
+    if sid <= 0 or sid in conn.snapshots:
+        raise errors.ProtocolError(f"snapshot id {sid} is not positive or already open")
+    if len(conn.snapshots) >= conn.limits.max_snapshots:
+        raise FrameError(
+            ErrorCode.TOO_MANY_REQUESTS,
+            f"more than {conn.limits.max_snapshots} open snapshots; release some",
+        )
+    # Not a counted request: ``max_snapshots`` bounds these, and a read
+    # sent right behind the open waits on it.
+    opening = asyncio.ensure_future(conn.server.db.engine.snapshot(version))
+    conn.snapshots[sid] = opening
+
+    def opened(task: asyncio.Task[EngineSnapshot]) -> None:
+        if task.cancelled():
+            return
+        failure = task.exception()
+        if failure is None:
+            conn._send(MessageType.OPEN | REPLY, request, (task.result().read_version,))
+            return
+        if conn.snapshots.get(sid) is task:
+            del conn.snapshots[sid]
+        conn._error(request, error_of(failure), str(failure))
+
+    opening.add_done_callback(opened)
+
+
+def _get(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
+    check_fields(fields, int, bytes)
+    opening = conn._snapshot(fields[0])
+    key = fields[1]
+
+    async def get() -> tuple[Any, ...]:
+        return (await (await opening).get(key),)
+
+    conn._spawn(MessageType.GET, request, get())
+
+
+def _get_range(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
+    check_fields(fields, int, bytes, bytes, int, bool)
+    sid, begin, end, limit, reverse = fields
+    if limit < 0:
+        raise errors.ProtocolError(f"limit must be >= 0, not {limit}")
+    opening = conn._snapshot(sid)
+    budget = conn.limits.range_bytes
+
+    async def get_range() -> tuple[Any, ...]:
+        snapshot = await opening
+        want = min(limit, RANGE_ROWS) if limit else RANGE_ROWS
+        rows = await snapshot.get_range(begin, end, want, reverse)
+        out: list[bytes] = []
+        size = 0
+        for key, value in rows:
+            out += (key, value)
+            size += len(key) + len(value)
+            if size >= budget:
+                break
+        more = len(out) < 2 * len(rows) or (len(rows) == want and want != limit)
+        return (more, *out)
+
+    conn._spawn(MessageType.GET_RANGE, request, get_range())
+
+
+RANGE_ROWS = 4096
+"""Rows one ``GET_RANGE`` reply reads at most; the client asks again for more."""
+
+
+def _release_handler(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
+    check_fields(fields, int)
+    conn._release(fields[0])
+    if request:
+        conn._send(MessageType.RELEASE | REPLY, request, ())
+
+
+def _commit(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
+    sid, commit_request = decode_commit(fields)
+    if sid and sid not in conn.snapshots:
+        raise errors.ProtocolError(f"no open snapshot {sid}")
+
+    async def commit() -> tuple[Any, ...]:
+        try:
+            return await conn.server.commit(commit_request)
+        finally:
+            if sid:
+                conn._release(sid)
+
+    conn._spawn(MessageType.COMMIT, request, commit())
+
+
+def _watch_feed(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
+    check_fields(fields, str)
+    if request == 0 or request in conn.watches:
+        raise errors.ProtocolError("a feed watch needs a request id of its own")
+    future = conn.server.db.next_change(fields[0])
+
+    def changed(_: asyncio.Future[None]) -> None:
+        if conn.watches.pop(request, None) is not None:
+            conn._send(MessageType.WATCH_FEED | REPLY, request, ())
+
+    conn.watches[request] = (future, changed)
+    future.add_done_callback(changed)
+
+
+_HANDLERS: dict[int, Callable[[Connection, int, tuple[Any, ...]], None]] = {
+    MessageType.PING: _ping,
+    MessageType.OPEN: _open,
+    MessageType.GET: _get,
+    MessageType.GET_RANGE: _get_range,
+    MessageType.RELEASE: _release_handler,
+    MessageType.COMMIT: _commit,
+    MessageType.WATCH_FEED: _watch_feed,
+}
+
+
+def _version() -> str:
+    import shale
+
+    return shale.__version__
+
+
+async def serve(
+    url: str,
+    token: str | bytes,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    limits: Limits | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    **options: object,
+) -> Server:
+    """Open the database at ``url`` and start serving it; the caller stops
+    the returned server."""
+    db = await open_database(url, **options)  # type: ignore[arg-type]
+    server = Server(db, token, limits=limits, ssl_context=ssl_context)
+    try:
+        await server.start(host, port)
+    except BaseException:
+        await db.close()
+        raise
+    return server
