@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from shale import tuple as tuples
-from shale.core.idempotency import idempotency_applied, new_id
+from shale.core.idempotency import IDEMPOTENCY_TRUSTED, idempotency_applied, new_id
 from shale.core.retry import Backoff, FullJitterBackoff
 from shale.core.transaction import Transaction
 from shale.engines.base import Engine, KeyRange
@@ -48,7 +49,7 @@ class Database:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"<shale.Database {self.url!r}>"
+        return f"<shale.Database {_redacted(self.url)!r}>"
 
     async def __aenter__(self) -> Database:
         return self
@@ -119,13 +120,14 @@ class Database:
         them stands for the one that was applied. Attempts of one ``run``
         conflict on the id, so at most one of them is ever applied. Ids are
         kept ``IDEMPOTENCY_RETENTION`` seconds (``sweep_idempotency_ids``);
-        a retry later than that after the first attempt no longer recognises
-        an applied commit. Other engines write no id and pay nothing.
+        after ``IDEMPOTENCY_TRUSTED`` seconds (one minute) a ``run()`` no
+        longer retries an unknown result but raises it. Other engines write no id and pay nothing.
         """
         if retries < 0:
             raise UsageError(f"retries must be >= 0, not {retries}")
         strategy = backoff or FullJitterBackoff()
         ident = new_id() if self.engine.capabilities.unknown_results else None
+        started = time.monotonic()
         unknown: tuple[bytes, T] | None = None  # the id, and the latest result gone unknown
         attempt = 0
         while True:
@@ -144,6 +146,9 @@ class Database:
                 tr.close()
                 if isinstance(exc, CommitUnknownResult):
                     if committing and ident is not None:
+                        if time.monotonic() - started > IDEMPOTENCY_TRUSTED:
+                            exc.add_note("too late to tell by its idempotency id; not retried")
+                            raise
                         unknown = (ident, result)
                     elif not idempotent:
                         raise
@@ -247,6 +252,21 @@ def _touches(prefix: bytes, keys: Iterable[bytes], ranges: Iterable[KeyRange]) -
     return any(key.startswith(prefix) for key in keys) or any(
         begin < end and prefix < stop for begin, stop in ranges
     )
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its secrets: the password (a server's token) and a
+    ``token`` option, which reprs and logs must not show."""
+    parts = urlsplit(url)
+    redacted = url
+    if parts.password is not None:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        redacted = redacted.replace(parts.netloc, f"{userinfo.partition(':')[0]}:***@{host}", 1)
+    if parts.query:
+        pairs = parts.query.split("&")
+        hidden = ["token=***" if p.partition("=")[0] == "token" else p for p in pairs]
+        redacted = redacted.replace(parts.query, "&".join(hidden), 1)
+    return redacted
 
 
 def _split_options(url: str) -> tuple[str, dict[str, str]]:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IDEMPOTENCY_PREFIX",
     "IDEMPOTENCY_RETENTION",
+    "IDEMPOTENCY_TRUSTED",
     "ID_SIZE",
     "idempotency_applied",
     "idempotency_key",
@@ -42,9 +43,15 @@ __all__ = [
 IDEMPOTENCY_PREFIX: Final = b"\xff" + tuples.pack(("idempotency",))
 """``\\xff + pack(("idempotency",))``: where the ids of recent commits live."""
 
-IDEMPOTENCY_RETENTION: Final = 3600.0
-"""Seconds an id is kept by default. A retry that starts later than this
-after its ``run()`` began no longer recognises an applied commit."""
+IDEMPOTENCY_RETENTION: Final = 120.0
+"""Seconds an id is kept (the server sweeps older ones). Every commit
+stores one, so this bounds what they cost: ids of two minutes of commits.
+``Database.run`` relies on an id only within ``IDEMPOTENCY_TRUSTED``
+seconds of its start, leaving the rest as margin for clocks and sweeps."""
+
+IDEMPOTENCY_TRUSTED: Final = IDEMPOTENCY_RETENTION / 2
+"""Seconds after its start during which ``run()`` resolves an unknown
+result by its id; later, it raises ``CommitUnknownResult``."""
 
 ID_SIZE: Final = 16
 

@@ -36,6 +36,9 @@ class ExponentialBackoff:
         return min(self.cap, self.base * 2.0 ** (attempt - 1))
 
 
+_SHARED_RNG = random.Random()
+
+
 class FullJitterBackoff(ExponentialBackoff):
     """A uniform random delay up to the exponential one.
 
@@ -48,7 +51,9 @@ class FullJitterBackoff(ExponentialBackoff):
         self, base: float = 0.01, cap: float = 1.0, rng: random.Random | None = None
     ) -> None:
         super().__init__(base, cap)
-        self._rng = rng or random.Random()
+        # Seeding a Random per transaction costs more than the transaction's
+        # own bookkeeping; one shared generator is enough for jitter.
+        self._rng = rng or _SHARED_RNG
 
     def delay(self, attempt: int) -> float:
         return self._rng.uniform(0.0, super().delay(attempt))

@@ -25,7 +25,7 @@ import os
 import random
 import ssl
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 from urllib.parse import unquote, urlsplit
 
 from shale import errors
@@ -63,14 +63,19 @@ class _Link(asyncio.Protocol):
         self.snapshot_ids = itertools.count(1)
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[errors.ShaleError] = asyncio.get_running_loop().create_future()
-        self.slots = asyncio.Semaphore(64)
+        self.max_in_flight = 64
+        self.slots = asyncio.Semaphore(1)
+        self._out: list[bytes] = []
         self._writable = asyncio.Event()
         self._writable.set()
         self.used = True
+        self.alive = True
+        """False once the connection is lost; ``closed`` then says why."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's transports are not
+        # subclasses of asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(errors.Unavailable(f"lost the connection to the server: {exc or 'closed'}"))
@@ -110,6 +115,7 @@ class _Link(asyncio.Protocol):
     def _fail(self, error: errors.ShaleError, code: int | None = None) -> None:
         if self.closed.done():
             return
+        self.alive = False
         self.closed.set_result(error)
         if self.transport is not None:
             self.transport.close()
@@ -124,36 +130,56 @@ class _Link(asyncio.Protocol):
                 future.set_exception(error)
         self.engine._link_lost(self)
 
-    @property
-    def alive(self) -> bool:
-        return not self.closed.done()
-
     def send(self, kind: int, fields: tuple[Any, ...]) -> None:
         """A message that gets no reply."""
         if self.alive and self.transport is not None:
-            self.transport.write(frame(kind, 0, fields))
+            self._queue(frame(kind, 0, fields), hold=True)
+
+    def _queue(self, data: bytes, hold: bool = False) -> None:
+        """Write ``data``, or with ``hold`` keep it for the next write (or the
+        next turn of the loop): an open goes out with the first read, in
+        one system call. Holding every frame would batch more, but it delays
+        each request by a turn of the loop, which costs more under load."""
+        if hold:
+            if not self._out:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._out.append(data)
+        elif self._out:
+            self._out.append(data)
+            self._flush()
+        elif self.transport is not None:
+            self.transport.write(data)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and self.alive and self.transport is not None:
+            self.transport.write(b"".join(out))
 
     async def call(self, kind: int, fields: tuple[Any, ...]) -> tuple[Any, ...]:
         """Send a request and wait for its reply's fields."""
         if not self.alive:
             raise self.closed.result()
-        async with self.slots:
-            if not self._writable.is_set():
+        if len(self.pending) >= self.max_in_flight or not self._writable.is_set():
+            async with self.slots:
                 await self._writable.wait()
-            return await self.call_now(kind, fields)
+                return await self.call_now(kind, fields)
+        return await self.call_now(kind, fields)
 
     async def call_now(self, kind: int, fields: tuple[Any, ...]) -> tuple[Any, ...]:
         return await self.start(kind, fields)
 
-    def start(self, kind: int, fields: tuple[Any, ...]) -> asyncio.Future[tuple[Any, ...]]:
-        """Send a request now; the future of its reply's fields."""
+    def start(
+        self, kind: int, fields: tuple[Any, ...], hold: bool = False
+    ) -> asyncio.Future[tuple[Any, ...]]:
+        """Send a request (see ``_queue`` for ``hold``); the future of its
+        reply's fields."""
         if not self.alive or self.transport is None:
             raise self.closed.result() if self.closed.done() else errors.Unavailable("closed")
         request = next(self.ids)
         future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
         self.pending[request] = (future, kind)
         self.used = True
-        self.transport.write(frame(kind, request, fields))
+        self._queue(frame(kind, request, fields), hold)
         return future
 
 
@@ -275,6 +301,13 @@ class RemoteEngine:
         while True:
             try:
                 return await self._handshake()
+            except ssl.SSLCertVerificationError as exc:
+                # Not transient: retrying would only wait out connect_timeout.
+                host, port = self.address
+                raise errors.AuthenticationError(
+                    f"the server at {host}:{port} failed TLS verification: "
+                    f"{exc.verify_message} (is ca= the CA that signed its certificate?)"
+                ) from exc
             except (OSError, errors.Unavailable, TimeoutError) as exc:
                 if loop.time() + delay > deadline:
                     host, port = self.address
@@ -309,7 +342,7 @@ class RemoteEngine:
             raise
         _, _, max_frame, max_in_flight, idle, durable, persistent, old = fields
         link.reader.max_frame = max_frame
-        link.slots = asyncio.Semaphore(max_in_flight)
+        link.max_in_flight = max_in_flight
         self.capabilities = Capabilities(
             durable=durable,
             persistent=persistent,
@@ -348,7 +381,7 @@ class RemoteEngine:
         sid = next(link.snapshot_ids)
         # Sent now, outside the in-flight slots (the server bounds open
         # snapshots instead), so that a read sent next queues behind it.
-        opened = link.start(MessageType.OPEN, (sid, version))
+        opened = link.start(MessageType.OPEN, (sid, version), hold=True)
         # A transaction that never reads never awaits it.
         opened.add_done_callback(lambda f: f.cancelled() or f.exception())
         return RemoteSnapshot(self, link, sid, opened)
@@ -406,13 +439,15 @@ def _parse(url: str, options: Mapping[str, object]) -> tuple[tuple[str, int], by
     scheme = parts.scheme.lower()
     if scheme not in ("shale", "shale+tls"):
         raise errors.EngineError(f"{url!r} is not a shale:// or shale+tls:// URL")
+    # Errors name the address, never the URL: it may carry the token.
+    address = parts.netloc.rpartition("@")[2]
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError:
-        raise errors.EngineError(f"{url!r} has an invalid port") from None
+        raise errors.EngineError(f"{address!r} has an invalid port") from None
     host = parts.hostname
     if not host:
-        raise errors.EngineError(f"{url!r} names no host (shale://host:port)")
+        raise errors.EngineError(f"{scheme}://{address} names no host (shale://host:port)")
     token = options.get("token") or unquote(parts.password or "") or os.environ.get("SHALE_TOKEN")
     if not token:
         raise errors.AuthenticationError(

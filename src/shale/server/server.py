@@ -26,7 +26,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from shale import errors
 from shale import tuple as tuples
@@ -34,6 +34,7 @@ from shale.core.database import FEED_DECLARATIONS, Database
 from shale.core.database import open as open_database
 from shale.engines.base import CommitRequest, EngineSnapshot, MutationType
 from shale.engines.feedlog import FeedSpec, decode_declaration
+from shale.server import eager
 from shale.server.protocol import (
     HANDSHAKE_LIMIT,
     PROTOCOL_VERSION,
@@ -54,7 +55,7 @@ __all__ = ["DEFAULT_PORT", "Server", "serve"]
 
 DEFAULT_PORT = 7480
 
-SWEEP_INTERVAL = 60.0
+SWEEP_INTERVAL = 10.0
 """Seconds between sweeps of expired idempotency ids."""
 
 log = logging.getLogger("shale.server")
@@ -215,8 +216,8 @@ class Connection(asyncio.Protocol):
         self.server = server
         self.limits = server.limits
         self.reader = FrameReader(HANDSHAKE_LIMIT)
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.snapshots: dict[int, asyncio.Task[EngineSnapshot]] = {}
+        self.tasks: set[asyncio.Future[tuple[Any, ...]]] = set()
+        self.snapshots: dict[int, asyncio.Future[EngineSnapshot]] = {}
         self.watches: dict[int, tuple[asyncio.Future[None], Callable[..., None]]] = {}
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -226,12 +227,12 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._stall: asyncio.TimerHandle | None = None
         self._reading = True
+        self._out: list[bytes] = []
 
     # -- transport callbacks ---------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         if self.server._stopping:
@@ -289,11 +290,21 @@ class Connection(asyncio.Protocol):
         """Send a final error (request id 0) if ``code``, then close."""
         if self.closed or self.transport is None:
             return
+        self._flush()
         self.closed = True
         if code is not None:
             self.transport.write(frame(MessageType.ERROR, 0, (int(code), reason)))
         log.info("%s closed: %s", self.peer, reason)
-        self.transport.close()
+        if self._stall is not None:
+            # close() would wait for a client that does not read to take
+            # what is buffered, holding the socket and the replies forever.
+            self.transport.abort()
+        else:
+            self.transport.close()
+            if self.transport.get_write_buffer_size():
+                asyncio.get_running_loop().call_later(
+                    self.limits.stall_timeout, self.transport.abort
+                )
         self._cleanup()
 
     def _cleanup(self) -> None:
@@ -371,9 +382,28 @@ class Connection(asyncio.Protocol):
 
     # -- requests ----------------------------------------------------------
 
-    def _send(self, kind: int, request: int, fields: tuple[Any, ...]) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.write(frame(kind, request, fields))
+    def _send(self, kind: int, request: int, fields: tuple[Any, ...], hold: bool = False) -> None:
+        """Write a frame, or with ``hold`` keep it for the next write (or the
+        next turn of the loop): an open's reply goes out with the first
+        read's, in one system call. Holding every reply would delay each by
+        a turn of the loop, which costs more under load than it saves."""
+        if self.closed or self.transport is None:
+            return
+        data = frame(kind, request, fields)
+        if hold:
+            if not self._out:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._out.append(data)
+        elif self._out:
+            self._out.append(data)
+            self._flush()
+        else:
+            self.transport.write(data)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and not self.closed and self.transport is not None:
+            self.transport.write(b"".join(out))
 
     def _error(self, request: int, code: ErrorCode, message: str) -> None:
         self._send(MessageType.ERROR, request, (int(code), message))
@@ -408,34 +438,35 @@ class Connection(asyncio.Protocol):
             self._error(request, code, message)
 
     def _spawn(self, kind: int, request: int, work: Coroutine[Any, Any, tuple[Any, ...]]) -> None:
-        task = asyncio.ensure_future(self._answer(kind, request, work))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        future = eager.start(work)
+        if future.done():
+            self._answer(kind, request, future)
+            return
+        self.tasks.add(future)
+        future.add_done_callback(lambda f: self._answer(kind, request, f))
 
-    async def _answer(
-        self, kind: int, request: int, work: Coroutine[Any, Any, tuple[Any, ...]]
-    ) -> None:
-        try:
-            result = await work
-        except asyncio.CancelledError:
+    def _answer(self, kind: int, request: int, future: asyncio.Future[tuple[Any, ...]]) -> None:
+        self.tasks.discard(future)
+        if future.cancelled():
             if kind == MessageType.COMMIT:
                 self._error(request, ErrorCode.COMMIT_UNKNOWN_RESULT, "server shutting down")
             else:
                 self._error(request, ErrorCode.SHUTTING_DOWN, "server shutting down")
-            raise
-        except errors.ShaleError as exc:
+            return
+        exc = future.exception()
+        if exc is None:
+            if request:
+                self._send(kind | REPLY, request, future.result())
+        elif isinstance(exc, errors.ShaleError):
             if kind == MessageType.COMMIT:
                 level = logging.DEBUG if isinstance(exc, _QUIET_FAILURES) else logging.WARNING
                 log.log(level, "%s commit failed: %s: %s", self.peer, type(exc).__name__, exc)
             self._error(request, error_of(exc), str(exc))
-        except Exception as exc:
-            log.exception("%s request %#x failed", self.peer, kind)
-            self._error(request, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         else:
-            if request:
-                self._send(kind | REPLY, request, result)
+            log.error("%s request %#x failed", self.peer, kind, exc_info=exc)
+            self._error(request, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
-    def _snapshot(self, sid: object) -> asyncio.Task[EngineSnapshot]:
+    def _snapshot(self, sid: object) -> asyncio.Future[EngineSnapshot]:
         task = self.snapshots.get(sid) if type(sid) is int else None
         if task is None:
             raise errors.ProtocolError(f"no open snapshot {sid!r}")
@@ -447,7 +478,7 @@ class Connection(asyncio.Protocol):
             task.add_done_callback(_release_snapshot)
 
 
-def _release_snapshot(task: asyncio.Task[EngineSnapshot]) -> None:
+def _release_snapshot(task: asyncio.Future[EngineSnapshot]) -> None:
     if not task.cancelled() and task.exception() is None:
         task.result().release()
 
@@ -473,21 +504,27 @@ def _open(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
         )
     # Not a counted request: ``max_snapshots`` bounds these, and a read
     # sent right behind the open waits on it.
-    opening = asyncio.ensure_future(conn.server.db.engine.snapshot(version))
+    opening = eager.start(conn.server.db.engine.snapshot(version))
     conn.snapshots[sid] = opening
 
-    def opened(task: asyncio.Task[EngineSnapshot]) -> None:
-        if task.cancelled():
+    def opened(future: asyncio.Future[EngineSnapshot]) -> None:
+        if future.cancelled():
             return
-        failure = task.exception()
+        failure = future.exception()
         if failure is None:
-            conn._send(MessageType.OPEN | REPLY, request, (task.result().read_version,))
+            if request:
+                version = future.result().read_version
+                conn._send(MessageType.OPEN | REPLY, request, (version,), hold=True)
             return
-        if conn.snapshots.get(sid) is task:
+        if conn.snapshots.get(sid) is future:
             del conn.snapshots[sid]
-        conn._error(request, error_of(failure), str(failure))
+        if request:
+            conn._error(request, error_of(failure), str(failure))
 
-    opening.add_done_callback(opened)
+    if opening.done():
+        opened(opening)
+    else:
+        opening.add_done_callback(opened)
 
 
 def _get(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
