@@ -22,15 +22,25 @@ from shale.errors import (
     ShaleError,
 )
 from shale.found import errors as found_errors
+from shale.server import serve
 
 ENGINES = {"memory": "memory://", "sqlite": "sqlite:///{tmp}/found.db"}
+SERVED = "shale"
+"""found through ``shale serve``: a server in the test's loop over SQLite."""
 
 Opener = Callable[..., Awaitable[found.Database]]
 
 
-@pytest.fixture(params=sorted(ENGINES))
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return ENGINES[request.param].format(tmp=tmp_path)
+@pytest.fixture(params=sorted([*ENGINES, SERVED]))
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param != SERVED:
+        yield ENGINES[request.param].format(tmp=tmp_path)
+        return
+    server = await serve(f"sqlite:///{tmp_path}/served.db", "found-token", port=0)
+    try:
+        yield f"shale://:found-token@127.0.0.1:{server.port}"
+    finally:
+        await server.stop(drain=1.0)
 
 
 async def _purge(tx: found.Transaction) -> None:
