@@ -212,8 +212,20 @@ class Database:
     def _add_watch(self, key: bytes, seen: bytes | None, future: asyncio.Future[None]) -> None:
         if future.done():
             return
+        remote = getattr(self.engine, "watch", None)
+        if remote is not None:  # the server sees every client's commits
+            remote(key, seen, future)
+            return
         self._watches.setdefault(key, []).append((seen, future))
         self._notify_watches((key,), ())
+
+    def _prune_watches(self, key: bytes) -> None:
+        """Drop the resolved or cancelled watches of ``key``."""
+        remaining = [entry for entry in self._watches.get(key, ()) if not entry[1].done()]
+        if remaining:
+            self._watches[key] = remaining
+        else:
+            self._watches.pop(key, None)
 
     def _notify_watches(self, keys: Iterable[bytes], ranges: Iterable[KeyRange]) -> None:
         if not self._watches:

@@ -395,17 +395,56 @@ class RemoteEngine:
         """Resolves when the server reports a commit under ``feed``'s prefix,
         or the connection drops (whoever waits then reads what it missed)."""
         future = self._feeds.get(feed)
-        if future is None or future.done():
-            future = self._feeds[feed] = asyncio.get_running_loop().create_future()
-            task = asyncio.ensure_future(self._watch(feed, future))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        if future is not None and not future.done():
+            return future
+        future = asyncio.get_running_loop().create_future()
+        link = self._link
+        if link is None or not link.alive:
+            # Nothing to watch on: the caller's next read reconnects, and
+            # its next wait watches. Until then it must not sleep.
+            future.set_result(None)
+            return future
+        self._feeds[feed] = future
+        # Sent now, ahead of the read the caller sends next, not from a task
+        # behind it: the server registers the watch as it reads the frame, so
+        # a commit the read's snapshot misses still fires it. Sent outside
+        # the in-flight slots, as OPEN is; the server refuses a watch beyond
+        # its limit, which only wakes the caller early.
+        reply = link.start(MessageType.WATCH_FEED, (feed,))
+
+        def answered(reply: asyncio.Future[tuple[Any, ...]]) -> None:
+            if not reply.cancelled():
+                reply.exception()
+            if not future.done():
+                future.set_result(None)
+
+        reply.add_done_callback(answered)
         return future
 
-    async def _watch(self, feed: str, future: asyncio.Future[None]) -> None:
-        try:
-            link = await self._connected()
-            await link.call(MessageType.WATCH_FEED, (feed,))
-        finally:
+    def watch(self, key: bytes, seen: bytes | None, future: asyncio.Future[None]) -> None:
+        """Resolve ``future`` once ``key``'s value is no longer ``seen``, as
+        the server sees it, whoever commits the change. A dropped connection
+        re-registers the watch; the server answers at once if the value
+        changed meanwhile."""
+        task = asyncio.ensure_future(self._watch_key(key, seen, future))
+        future.add_done_callback(lambda _: task.cancel())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _watch_key(
+        self, key: bytes, seen: bytes | None, future: asyncio.Future[None]
+    ) -> None:
+        while not future.done():
+            try:
+                link = await self._connected()
+                await link.start(MessageType.WATCH_KEY, (key, seen))
+            except errors.Unavailable as exc:
+                if self._closed and not future.done():
+                    future.set_exception(exc)
+                continue
+            except errors.ShaleError as exc:
+                if not future.done():
+                    future.set_exception(exc)
+                return
             if not future.done():
                 future.set_result(None)
 

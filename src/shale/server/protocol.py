@@ -69,6 +69,7 @@ class MessageType(enum.IntEnum):
     RELEASE = 0x13
     COMMIT = 0x14
     WATCH_FEED = 0x15
+    WATCH_KEY = 0x16
     ERROR = 0x7F
 
 
@@ -168,6 +169,8 @@ class Limits:
     max_connections: int = 1024
     max_snapshots: int = 10_000
     """Snapshots one connection may hold open (one per live transaction)."""
+    max_watches: int = 10_000
+    """Feed and key watches one connection may hold (FoundationDB's default)."""
     handshake_timeout: float = 5.0
     """Seconds a new connection has to authenticate."""
     idle_timeout: float = 60.0

@@ -20,7 +20,6 @@ replies in the server's memory.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import ssl
@@ -109,14 +108,6 @@ class Server:
         scheme = "shale+tls" if self.ssl_context else "shale"
         log.info("serving %s on %s://%s:%d", self.db.url, scheme, host, self.port)
 
-    async def serve_forever(self) -> None:
-        """Wait until ``stop()`` is called."""
-        if self._server is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._server.wait_closed()
-            while not self._stopping or self.connections:
-                await asyncio.sleep(0.05)
-
     async def stop(self, drain: float = 10.0) -> None:
         """Stop accepting, let requests in flight finish for up to ``drain``
         seconds (the rest fail with ``SHUTTING_DOWN``, commits with
@@ -202,11 +193,10 @@ class Server:
 
 _DECLARING = frozenset({MutationType.SET, MutationType.CLEAR})
 
-_COUNTED = frozenset(
-    {MessageType.GET, MessageType.GET_RANGE, MessageType.COMMIT, MessageType.WATCH_FEED}
-)
+_COUNTED = frozenset({MessageType.GET, MessageType.GET_RANGE, MessageType.COMMIT})
 """Requests that hold a slot of ``max_in_flight`` until answered. Opens are
-bounded by ``max_snapshots``; pings and releases are answered at once."""
+bounded by ``max_snapshots``, watches by ``max_watches``; pings and
+releases are answered at once."""
 
 
 class Connection(asyncio.Protocol):
@@ -218,7 +208,10 @@ class Connection(asyncio.Protocol):
         self.reader = FrameReader(HANDSHAKE_LIMIT)
         self.tasks: set[asyncio.Future[tuple[Any, ...]]] = set()
         self.snapshots: dict[int, asyncio.Future[EngineSnapshot]] = {}
-        self.watches: dict[int, tuple[asyncio.Future[None], Callable[..., None]]] = {}
+        self.watches: dict[int, tuple[asyncio.Future[None], Callable[..., None], bool]] = {}
+        """Watches by request id: the future, the callback answering it, and
+        whether the future is this connection's own (a key watch's) rather
+        than shared (a feed's)."""
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.authenticated = False
@@ -312,8 +305,10 @@ class Connection(asyncio.Protocol):
         for handle in (self._timer, self._stall):
             if handle is not None:
                 handle.cancel()
-        for future, callback in self.watches.values():
+        for future, callback, own in self.watches.values():
             future.remove_done_callback(callback)
+            if own:
+                future.cancel()
         self.watches.clear()
         for task in list(self.tasks):
             task.cancel()
@@ -413,7 +408,7 @@ class Connection(asyncio.Protocol):
         if handler is None:
             self._refuse(request, ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {kind:#x}")
             return
-        if kind in _COUNTED and len(self.tasks) + len(self.watches) >= self.limits.max_in_flight:
+        if kind in _COUNTED and len(self.tasks) >= self.limits.max_in_flight:
             self._refuse(
                 request,
                 ErrorCode.TOO_MANY_REQUESTS,
@@ -591,16 +586,39 @@ def _commit(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
 
 def _watch_feed(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
     check_fields(fields, str)
-    if request == 0 or request in conn.watches:
-        raise errors.ProtocolError("a feed watch needs a request id of its own")
     future = conn.server.db.next_change(fields[0])
+    _watch(conn, MessageType.WATCH_FEED, request, future, own=False)
 
-    def changed(_: asyncio.Future[None]) -> None:
+
+def _watch_key(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
+    check_fields(fields, bytes, (bytes, type(None)))
+    key, seen = fields
+    db = conn.server.db
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    _watch(conn, MessageType.WATCH_KEY, request, future, own=True)
+    future.add_done_callback(lambda _: db._prune_watches(key))
+    db._add_watch(key, seen, future)
+
+
+def _watch(
+    conn: Connection, kind: int, request: int, future: asyncio.Future[None], own: bool
+) -> None:
+    """Answer ``request`` when ``future`` resolves. The future may be shared
+    with other watchers (a feed's), so the connection only ever removes its
+    own callback from it, never cancels it."""
+    if request == 0 or request in conn.watches:
+        raise errors.ProtocolError("a watch needs a request id of its own")
+    if len(conn.watches) >= conn.limits.max_watches:
+        raise FrameError(
+            ErrorCode.TOO_MANY_REQUESTS, f"more than {conn.limits.max_watches} watches"
+        )
+
+    def fired(_: asyncio.Future[None]) -> None:
         if conn.watches.pop(request, None) is not None:
-            conn._send(MessageType.WATCH_FEED | REPLY, request, ())
+            conn._send(kind | REPLY, request, ())
 
-    conn.watches[request] = (future, changed)
-    future.add_done_callback(changed)
+    conn.watches[request] = (future, fired, own)
+    future.add_done_callback(fired)
 
 
 _HANDLERS: dict[int, Callable[[Connection, int, tuple[Any, ...]], None]] = {
@@ -611,6 +629,7 @@ _HANDLERS: dict[int, Callable[[Connection, int, tuple[Any, ...]], None]] = {
     MessageType.RELEASE: _release_handler,
     MessageType.COMMIT: _commit,
     MessageType.WATCH_FEED: _watch_feed,
+    MessageType.WATCH_KEY: _watch_key,
 }
 
 
