@@ -1,4 +1,6 @@
-"""`make run`: store, query and print data on the embedded default engine.
+"""A first program: store, query and print data on the embedded default engine.
+
+    .venv/bin/python examples/quickstart.py
 
 Runs against a fresh SQLite file in a temporary directory unless SHALE_URL
 names another database.

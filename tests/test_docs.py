@@ -34,12 +34,15 @@ def test_quick_start_is_the_two_commands() -> None:
     commands = [line.split("#")[0].strip() for line in re.findall(r"^make .*$", quick, re.M)]
     assert commands == ["make run", "make test"]
     ci = (ROOT / ".ci" / "run").read_text()
+    # Besides `make test`, CI may only point tests at the machine's services.
     assert [
-        ln for ln in ci.splitlines() if ln.strip() and not ln.startswith(("#", "set ", "cd "))
+        ln
+        for ln in ci.splitlines()
+        if ln.strip() and not ln.startswith(("#", "set ", "cd ", "export SHALE_TEST_"))
     ] == ["make test"]
 
 
-def test_make_run_example_exits_cleanly(tmp_path: Path) -> None:
+def test_quickstart_example_exits_cleanly(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py")],
         cwd=tmp_path,
