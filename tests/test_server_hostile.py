@@ -448,8 +448,8 @@ INVALID_REQUESTS = [
     pytest.param(
         MessageType.COMMIT,
         commit_fields((0, b"evil", b"x"), (2, b"z", b"a")),
-        ErrorCode.INVALID_FIELDS,
-        "COMMIT: a clear range's begin is after its end",
+        ErrorCode.INVERTED_RANGE,
+        "a clear range's begin is after its end",
         id="inverted-clear-range",
     ),
     pytest.param(
@@ -522,9 +522,9 @@ async def test_valid_frame_with_invalid_fields(
 
 async def test_get_on_an_unknown_snapshot(env: tuple[Server, shale.Database], authed: Raw) -> None:
     authed.send(MessageType.GET, 3, (42, b"k"))
-    await authed.refused(3, ErrorCode.INVALID_FIELDS, "GET: no open snapshot 42")
+    await authed.refused(3, ErrorCode.UNKNOWN_SNAPSHOT, "GET: no open snapshot 42")
     authed.send(MessageType.COMMIT, 4, (42, 1, (0, b"evil", b"x"), (), (), (), (), False))
-    await authed.refused(4, ErrorCode.INVALID_FIELDS, "COMMIT: no open snapshot 42")
+    await authed.refused(4, ErrorCode.UNKNOWN_SNAPSHOT, "COMMIT: no open snapshot 42")
     await authed.pings()
     await unharmed(env[1])
 
@@ -535,7 +535,7 @@ async def test_released_snapshot_is_unknown(
     await authed.call(MessageType.OPEN, 2, (1, None))
     await authed.call(MessageType.RELEASE, 3, (1,))
     authed.send(MessageType.GET, 4, (1, b"k"))
-    await authed.refused(4, ErrorCode.INVALID_FIELDS, "GET: no open snapshot 1")
+    await authed.refused(4, ErrorCode.UNKNOWN_SNAPSHOT, "GET: no open snapshot 1")
     await unharmed(env[1])
 
 
@@ -577,7 +577,7 @@ async def test_too_many_watches() -> None:
             raw.send(MessageType.WATCH_FEED, 10, ("feed",))
             raw.send(MessageType.WATCH_FEED, 11, ("feed",))
             raw.send(MessageType.WATCH_FEED, 12, ("feed",))
-            await raw.refused(12, ErrorCode.TOO_MANY_REQUESTS, "more than 2 watches")
+            await raw.refused(12, ErrorCode.TOO_MANY_REQUESTS, "WATCH_FEED: more than 2 watches")
             await raw.pings()
             # The good client's commit answers the watches (the feed is not
             # declared, so any commit does).
@@ -597,7 +597,7 @@ async def test_too_many_open_snapshots() -> None:
             await raw.call(MessageType.OPEN, 3, (2, None))
             raw.send(MessageType.OPEN, 4, (3, None))
             await raw.refused(
-                4, ErrorCode.TOO_MANY_REQUESTS, "more than 2 open snapshots; release some"
+                4, ErrorCode.TOO_MANY_REQUESTS, "OPEN: more than 2 open snapshots; release some"
             )
             await raw.call(MessageType.RELEASE, 5, (1,))
             await raw.call(MessageType.OPEN, 6, (3, None))

@@ -128,6 +128,7 @@ class Transaction:
         self._write_ranges: list[KeyRange] = []
         self._size = 0
         self._versionstamped = False
+        self._stamped_keys = False  # keys unknown until commit: wakes every feed
         self._stamp: asyncio.Future[bytes] | None = None
         self._watches: list[tuple[bytes, asyncio.Future[None]]] = []
         self.committed_version: int | None = None
@@ -579,6 +580,7 @@ class Transaction:
         self._check_value(value)
         self._record(MutationType.SET_VERSIONSTAMPED_KEY, key, value)
         self._versionstamped = True
+        self._stamped_keys = True
         body = key[:-4]
         prefix, suffix = body[:offset], body[offset + 10 :]
         self._unreadable.append((prefix + b"\x00" * 10 + suffix, prefix + b"\xff" * 11))
@@ -679,7 +681,7 @@ class Transaction:
         if self._mutations:
             self._db._notify_watches(self._writes.keys(), self._write_ranges)
             if self._db._next_change:
-                self._db._changed(self._writes.keys(), self._write_ranges, self._versionstamped)
+                self._db._changed(self._writes.keys(), self._write_ranges, self._stamped_keys)
         for key, seen, future in watched:
             self._db._add_watch(key, seen, future)
 

@@ -59,12 +59,14 @@ class _Link(asyncio.Protocol):
         self.engine = engine
         self.reader = FrameReader(1 << 20)
         self.pending: dict[int, tuple[asyncio.Future[tuple[Any, ...]], int]] = {}
-        self.ids = itertools.count(1)
+        self._last_id = 0
         self.snapshot_ids = itertools.count(1)
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[errors.ShaleError] = asyncio.get_running_loop().create_future()
         self.max_in_flight = 64
-        self.slots = asyncio.Semaphore(1)
+        self._room = asyncio.Event()
+        """Set when a reply frees a slot or the socket drains: wakes callers
+        waiting for ``max_in_flight``."""
         self._out: list[bytes] = []
         self._writable = asyncio.Event()
         self._writable.set()
@@ -85,12 +87,13 @@ class _Link(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writable.set()
+        self._room.set()
 
     def data_received(self, data: bytes) -> None:
         try:
             for kind, request, body in self.reader.feed(data):
                 self._reply(kind, request, body)
-        except (FrameError, errors.ProtocolError) as exc:
+        except (FrameError, errors.ProtocolError, TypeError, ValueError) as exc:
             self._fail(errors.ProtocolError(f"the server sent a bad frame: {exc}"))
 
     def _reply(self, kind: int, request: int, body: bytes) -> None:
@@ -102,6 +105,7 @@ class _Link(asyncio.Protocol):
         entry = self.pending.pop(request, None)
         if entry is None:
             return
+        self._room.set()
         future, sent = entry
         if future.done():
             return
@@ -117,6 +121,7 @@ class _Link(asyncio.Protocol):
             return
         self.alive = False
         self.closed.set_result(error)
+        self._room.set()
         if self.transport is not None:
             self.transport.close()
         pending, self.pending = self.pending, {}
@@ -159,14 +164,23 @@ class _Link(asyncio.Protocol):
         """Send a request and wait for its reply's fields."""
         if not self.alive:
             raise self.closed.result()
-        if len(self.pending) >= self.max_in_flight or not self._writable.is_set():
-            async with self.slots:
-                await self._writable.wait()
-                return await self.call_now(kind, fields)
+        while len(self.pending) >= self.max_in_flight or not self._writable.is_set():
+            self._room.clear()
+            await self._room.wait()
+            if not self.alive:
+                raise self.closed.result()
         return await self.call_now(kind, fields)
 
     async def call_now(self, kind: int, fields: tuple[Any, ...]) -> tuple[Any, ...]:
         return await self.start(kind, fields)
+
+    def _next_id(self) -> int:
+        """Ids run from 1 to 2**32 - 1 and wrap, skipping any still pending."""
+        request = self._last_id % 0xFFFF_FFFF + 1
+        while request in self.pending:
+            request = request % 0xFFFF_FFFF + 1
+        self._last_id = request
+        return request
 
     def start(
         self, kind: int, fields: tuple[Any, ...], hold: bool = False
@@ -175,7 +189,7 @@ class _Link(asyncio.Protocol):
         reply's fields."""
         if not self.alive or self.transport is None:
             raise self.closed.result() if self.closed.done() else errors.Unavailable("closed")
-        request = next(self.ids)
+        request = self._next_id()
         future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
         self.pending[request] = (future, kind)
         self.used = True

@@ -147,6 +147,8 @@ def error_of(exc: BaseException) -> ErrorCode:
 
 def error_from(code: int, message: str) -> errors.ShaleError:
     """The exception a client raises for an ``ERROR`` frame."""
+    if code == ErrorCode.HISTORY_LOST:
+        return errors.HistoryLost(None, message)
     for cls, known in _CODES:
         if known == code and code != ErrorCode.INVALID_FIELDS:
             return cls(message)
@@ -237,8 +239,11 @@ class FrameReader:
                 if stop > end:
                     break
                 _, kind, request = HEADER.unpack_from(buffer, start)
-                yield kind, request, bytes(buffer[start + 9 : stop])
+                body = bytes(buffer[start + 9 : stop])
+                # Consumed before it is yielded: a caller that stops after
+                # this frame (to apply backpressure) leaves only the rest.
                 start = stop
+                yield kind, request, body
         finally:
             del buffer[:start]
 
@@ -340,7 +345,8 @@ def _check_mutations(mutations: list[Mutation]) -> tuple[frozenset[bytes], list[
 
     Raises:
         LimitError: a key, value or the whole commit is too large.
-        ProtocolError: an inverted clear range or a bad versionstamp offset.
+        InvertedRange: a clear range's begin is after its end.
+        ProtocolError: a bad versionstamp offset.
     """
     written: set[bytes] = set()
     cleared: list[KeyRange] = []
@@ -353,7 +359,7 @@ def _check_mutations(mutations: list[Mutation]) -> tuple[frozenset[bytes], list[
             raise errors.KeyTooLarge(f"key of {len(key)} bytes exceeds the limit")
         if kind is MutationType.CLEAR_RANGE:
             if key > param:
-                raise errors.ProtocolError("a clear range's begin is after its end")
+                raise errors.InvertedRange("a clear range's begin is after its end")
             cleared.append((key, param))
             continue
         if len(param) > MAX_VALUE_SIZE + 4 * stamped_value:

@@ -20,6 +20,7 @@ replies in the server's memory.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import ssl
@@ -31,7 +32,7 @@ from shale import errors
 from shale import tuple as tuples
 from shale.core.database import FEED_DECLARATIONS, Database
 from shale.core.database import open as open_database
-from shale.engines.base import CommitRequest, EngineSnapshot, MutationType
+from shale.engines.base import CommitRequest, EngineSnapshot, Mutation, MutationType
 from shale.engines.feedlog import FeedSpec, decode_declaration
 from shale.server import eager
 from shale.server.protocol import (
@@ -81,7 +82,7 @@ class Server:
         if not token:
             raise errors.UsageError("the server needs a non-empty token")
         self.db = db
-        self.token = token.encode() if isinstance(token, str) else token
+        self.token = token
         self.limits = limits or Limits()
         self.ssl_context = ssl_context
         self.connections: set[Connection] = set()
@@ -90,6 +91,16 @@ class Server:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
+
+    @property
+    def token(self) -> bytes:
+        """Only its digest is kept; setting it rotates it for new connections."""
+        raise AttributeError("the token is write-only")
+
+    @token.setter
+    def token(self, token: str | bytes) -> None:
+        secret = token.encode() if isinstance(token, str) else token
+        self.token_digest = hashlib.sha256(secret).digest()
 
     async def start(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
         """Listen on ``host:port``."""
@@ -121,11 +132,17 @@ class Server:
         if self._sweeper is not None:
             self._sweeper.cancel()
         connections = list(self.connections)
-        for connection in connections:
-            connection.stop_reading()
+        # Connections keep reading, so that each request sent before the
+        # close is answered (SHUTTING_DOWN) rather than lost to a reset.
         pending = [t for c in connections for t in c.tasks]
         if pending:
-            await asyncio.wait(pending, timeout=drain)
+            _, late = await asyncio.wait(pending, timeout=drain)
+            # Cancelled before their connections close, so each is answered:
+            # SHUTTING_DOWN, or COMMIT_UNKNOWN_RESULT for a commit.
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
         for connection in connections:
             connection.close("server shutting down", ErrorCode.SHUTTING_DOWN)
         await self.db.close()
@@ -156,44 +173,69 @@ class Server:
             raise
         db._notify_watches(request.write_keys, request.write_ranges)
         if db._next_change:
-            db._changed(request.write_keys, request.write_ranges, request.versionstamped)
+            stamped_keys = request.versionstamped and any(
+                m[0] is MutationType.SET_VERSIONSTAMPED_KEY for m in request.mutations
+            )
+            db._changed(request.write_keys, request.write_ranges, stamped_keys)
         return result.version, result.batch_order
 
     def _declare(self, request: CommitRequest) -> Callable[[], None]:
         """Apply the feed declarations and drops a commit writes before it is
         queued, as ``Feed.declare`` does in process; return how to undo them
-        if the commit fails."""
+        if the commit fails. The undo leaves alone a feed that another
+        commit changed in the meantime.
+
+        Raises:
+            ProtocolError: a declaration that does not decode; nothing is
+                applied then.
+        """
         feeds = self.db.feeds
-        before: dict[str, FeedSpec | None] = {}
-        for kind, key, param in request.mutations:
-            if not key.startswith(FEED_DECLARATIONS) or kind not in _DECLARING:
-                continue
-            try:
-                (name,) = tuples.unpack(key, len(FEED_DECLARATIONS))
-                spec = decode_declaration(param) if kind is MutationType.SET else None
-            except ValueError as exc:
-                raise errors.ProtocolError(f"invalid feed declaration: {exc}") from None
-            if not isinstance(name, str) or (spec is not None and spec.name != name):
-                raise errors.ProtocolError("a feed declaration's key and value disagree")
-            before.setdefault(name, feeds.get(name))
+        changes = [change for m in request.mutations for change in self._declarations(m)]
+        done: list[tuple[str, FeedSpec | None, FeedSpec | None]] = []
+        for name, spec in changes:
+            done.append((name, feeds.get(name), spec))
             if spec is None:
                 feeds.pop(name, None)
             else:
                 feeds[name] = spec
 
         def undo() -> None:
-            for name, spec in before.items():
-                if spec is None:
+            for name, before, after in reversed(done):
+                if feeds.get(name) is not after:
+                    continue
+                if before is None:
                     feeds.pop(name, None)
                 else:
-                    feeds[name] = spec
+                    feeds[name] = before
 
         return undo
+
+    def _declarations(self, mutation: Mutation) -> list[tuple[str, FeedSpec | None]]:
+        """The feeds ``mutation`` declares (a spec) or drops (``None``)."""
+        kind, key, param = mutation
+        if kind is MutationType.CLEAR_RANGE:
+            return [
+                (name, None)
+                for name in self.db.feeds
+                if key <= FEED_DECLARATIONS + tuples.pack((name,)) < param
+            ]
+        if not key.startswith(FEED_DECLARATIONS) or kind not in _DECLARING:
+            return []
+        try:
+            (name,) = tuples.unpack(key, len(FEED_DECLARATIONS))
+            spec = decode_declaration(param) if kind is MutationType.SET else None
+        except ValueError as exc:
+            raise errors.ProtocolError(f"invalid feed declaration: {exc}") from None
+        if not isinstance(name, str) or (spec is not None and spec.name != name):
+            raise errors.ProtocolError("a feed declaration's key and value disagree")
+        return [(name, spec)]
 
 
 _DECLARING = frozenset({MutationType.SET, MutationType.CLEAR})
 
 _COUNTED = frozenset({MessageType.GET, MessageType.GET_RANGE, MessageType.COMMIT})
+_ANSWERED = _COUNTED | {MessageType.WATCH_FEED, MessageType.WATCH_KEY}
+"""Requests that exist for their reply, so they need an id to carry it."""
 """Requests that hold a slot of ``max_in_flight`` until answered. Opens are
 bounded by ``max_snapshots``, watches by ``max_watches``; pings and
 releases are answered at once."""
@@ -255,9 +297,11 @@ class Connection(asyncio.Protocol):
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
-        if not self.server._stopping and self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed:
             self._reading = True
             self.transport.resume_reading()
+            if self.reader.pending:
+                self.data_received(b"")  # frames held back when writing paused
 
     def stop_reading(self) -> None:
         if self._reading and self.transport is not None and not self.closed:
@@ -274,6 +318,13 @@ class Connection(asyncio.Protocol):
                     self._dispatch(kind, request, body)
                 else:
                     self._hello(kind, request, body)
+                if not self._reading:
+                    # The client is not taking its replies (or the server is
+                    # stopping): the frames after this one wait in the
+                    # reader, so a non-reading client holds about one reply
+                    # beyond the transport's high-water mark, not one per
+                    # frame it managed to send.
+                    break
         except FrameError as exc:
             self.close(str(exc), exc.code)
 
@@ -334,6 +385,9 @@ class Connection(asyncio.Protocol):
         if kind != MessageType.HELLO:
             self.close("the first frame must be HELLO", ErrorCode.AUTHENTICATION)
             return
+        if request == 0:
+            self.close("HELLO needs a request id", ErrorCode.INVALID_FIELDS)
+            return
         try:
             fields = decode_body(body)
             check_fields(fields, int, bytes, str)
@@ -341,8 +395,9 @@ class Connection(asyncio.Protocol):
             self.close(f"invalid HELLO: {exc}", ErrorCode.INVALID_FIELDS)
             return
         version, token, client = fields
-        # Constant time whatever the token's length or contents.
-        if not hmac.compare_digest(token, self.server.token):
+        # Digests of equal length, so that the comparison's time tells
+        # nothing about the token, not even its length.
+        if not hmac.compare_digest(hashlib.sha256(token).digest(), self.server.token_digest):
             log.warning("%s refused: wrong token", self.peer)
             self.close("wrong token", ErrorCode.AUTHENTICATION)
             return
@@ -358,7 +413,7 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._arm(self.limits.idle_timeout)
-        log.info("%s authenticated (%s)", self.peer, client[:64])
+        log.info("%s authenticated (%r)", self.peer, client[:64])
         capabilities = self.server.db.engine.capabilities
         self._send(
             MessageType.HELLO | REPLY,
@@ -408,6 +463,12 @@ class Connection(asyncio.Protocol):
         if handler is None:
             self._refuse(request, ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {kind:#x}")
             return
+        if self.server._stopping:
+            self._refuse(request, ErrorCode.SHUTTING_DOWN, "server shutting down")
+            return
+        if request == 0 and kind in _ANSWERED:
+            self.close(f"{MessageType(kind).name} needs a request id", ErrorCode.INVALID_FIELDS)
+            return
         if kind in _COUNTED and len(self.tasks) >= self.limits.max_in_flight:
             self._refuse(
                 request,
@@ -418,7 +479,7 @@ class Connection(asyncio.Protocol):
         try:
             handler(self, request, decode_body(body))
         except FrameError as exc:
-            self._refuse(request, exc.code, str(exc))
+            self._refuse(request, exc.code, f"{MessageType(kind).name}: {exc}")
         except errors.ProtocolError as exc:
             self._refuse(request, ErrorCode.INVALID_FIELDS, f"{MessageType(kind).name}: {exc}")
         except errors.ShaleError as exc:
@@ -464,7 +525,7 @@ class Connection(asyncio.Protocol):
     def _snapshot(self, sid: object) -> asyncio.Future[EngineSnapshot]:
         task = self.snapshots.get(sid) if type(sid) is int else None
         if task is None:
-            raise errors.ProtocolError(f"no open snapshot {sid!r}")
+            raise FrameError(ErrorCode.UNKNOWN_SNAPSHOT, f"no open snapshot {sid!r}")
         return task
 
     def _release(self, sid: int) -> None:
@@ -572,7 +633,7 @@ def _release_handler(conn: Connection, request: int, fields: tuple[Any, ...]) ->
 def _commit(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
     sid, commit_request = decode_commit(fields)
     if sid and sid not in conn.snapshots:
-        raise errors.ProtocolError(f"no open snapshot {sid}")
+        raise FrameError(ErrorCode.UNKNOWN_SNAPSHOT, f"no open snapshot {sid}")
 
     async def commit() -> tuple[Any, ...]:
         try:

@@ -1,0 +1,250 @@
+"""The server's and client's protocol duties: backpressure, request ids,
+in-flight limits, shutdown replies, and feed declarations kept by the server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import shale
+from shale import tuple as tuples
+from shale.engines.base import CommitRequest, MutationType
+from shale.feeds import Feed
+from shale.server import Limits, Server, serve
+from shale.server.protocol import (
+    PROTOCOL_VERSION,
+    REPLY,
+    ErrorCode,
+    FrameReader,
+    MessageType,
+    encode_commit,
+    frame,
+)
+
+TOKEN = "protocol-token"
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    served = await serve(f"sqlite:///{tmp_path}/db.sqlite", TOKEN, port=0)
+    yield served
+    await served.stop(drain=1.0)
+
+
+async def connect(server: Server, **options: Any) -> shale.Database:
+    return await shale.open(f"shale://127.0.0.1:{server.port}", token=TOKEN, **options)
+
+
+class Raw:
+    """A socket speaking frames by hand."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.frames = FrameReader(1 << 26)
+        self.ready: list[tuple[int, int, bytes]] = []
+
+    @classmethod
+    async def open(cls, server: Server) -> Raw:
+        raw = cls(*await asyncio.open_connection("127.0.0.1", server.port))
+        raw.send(MessageType.HELLO, 1, (PROTOCOL_VERSION, TOKEN.encode(), "raw"))
+        kind, _, _ = await raw.recv()
+        assert kind == MessageType.HELLO | REPLY
+        return raw
+
+    def send(self, kind: int, request: int, fields: tuple[Any, ...]) -> None:
+        self.writer.write(frame(kind, request, fields))
+
+    async def recv(self) -> tuple[int, int, tuple[Any, ...]]:
+        while not self.ready:
+            data = await asyncio.wait_for(self.reader.read(1 << 16), 5)
+            if not data:
+                raise EOFError
+            self.ready += self.frames.feed(data)
+        kind, request, body = self.ready.pop(0)
+        return kind, request, tuples.unpack(body)
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+async def test_a_client_that_does_not_read_has_its_frames_held(tmp_path: Path) -> None:
+    # 1 MB replies to 200 pipelined range reads that are never read: the
+    # server stops taking frames off the socket once it cannot write, so it
+    # buffers about one reply, not 200.
+    server = await serve(
+        f"sqlite:///{tmp_path}/db.sqlite", TOKEN, port=0, limits=Limits(stall_timeout=30)
+    )
+    try:
+        db = await connect(server)
+        async with db.transaction() as tr:
+            for i in range(40):
+                tr.set(b"big%02d" % i, bytes(60_000))
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 4096
+        )
+        writer.write(frame(MessageType.HELLO, 1, (PROTOCOL_VERSION, TOKEN.encode(), "lazy")))
+        writer.write(frame(MessageType.OPEN, 2, (1, None)))
+        for request in range(3, 203):
+            writer.write(frame(MessageType.GET_RANGE, request, (1, b"big", b"bih", 0, False)))
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        port = writer.get_extra_info("sockname")[1]
+        lazy = next(c for c in server.connections if c.peer.endswith(f":{port}"))
+        assert not lazy._reading
+        assert lazy.reader.pending > 0  # frames wait, unparsed
+        assert lazy.transport is not None
+        assert lazy.transport.get_write_buffer_size() < 3 * server.limits.range_bytes
+        assert await db.get(b"big00") == bytes(60_000)  # everyone else is served
+        writer.close()
+        await db.close()
+    finally:
+        await server.stop(drain=1.0)
+
+
+@pytest.mark.parametrize("kind", [MessageType.GET, MessageType.COMMIT, MessageType.WATCH_KEY])
+async def test_a_request_that_needs_a_reply_needs_an_id(server: Server, kind: int) -> None:
+    raw = await Raw.open(server)
+    raw.send(kind, 0, ())
+    name = MessageType(kind).name
+    assert await raw.recv() == (
+        MessageType.ERROR,
+        0,
+        (ErrorCode.INVALID_FIELDS, f"{name} needs a request id"),
+    )
+    with pytest.raises(EOFError):
+        await raw.recv()
+
+
+async def test_hello_needs_an_id(server: Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(frame(MessageType.HELLO, 0, (PROTOCOL_VERSION, TOKEN.encode(), "raw")))
+    raw = Raw(reader, writer)
+    assert await raw.recv() == (
+        MessageType.ERROR,
+        0,
+        (ErrorCode.INVALID_FIELDS, "HELLO needs a request id"),
+    )
+
+
+async def test_every_request_sent_before_shutdown_is_answered(tmp_path: Path) -> None:
+    server = await serve(f"sqlite:///{tmp_path}/db.sqlite", TOKEN, port=0)
+    raw = await Raw.open(server)
+    requests = range(10, 60)
+    for request in requests:
+        commit = CommitRequest(-1, [(MutationType.SET, b"k%d" % request, b"v")])
+        raw.send(MessageType.COMMIT, request, encode_commit(0, commit))
+    await raw.writer.drain()
+    for _ in range(500):  # until the server has commits waiting on the engine
+        if any(c.tasks for c in server.connections):
+            break
+        await asyncio.sleep(0)
+    stopping = asyncio.ensure_future(server.stop(drain=0.0))
+    answered: dict[int, tuple[Any, ...]] = {}
+    final = None
+    while final is None:
+        kind, request, fields = await raw.recv()
+        if request == 0:
+            final = fields
+        else:
+            answered[request] = (kind, fields[0] if kind == MessageType.ERROR else "ok")
+    await stopping
+    assert final == (ErrorCode.SHUTTING_DOWN, "server shutting down")
+    assert set(answered) == set(requests)
+    outcomes = set(answered.values())
+    assert outcomes <= {
+        (MessageType.COMMIT | REPLY, "ok"),
+        (MessageType.ERROR, ErrorCode.COMMIT_UNKNOWN_RESULT),
+        (MessageType.ERROR, ErrorCode.SHUTTING_DOWN),
+    }
+    # Commits cut short by the shutdown said so, rather than going silent.
+    assert (MessageType.ERROR, ErrorCode.COMMIT_UNKNOWN_RESULT) in outcomes
+
+
+async def test_request_ids_wrap_around(server: Server) -> None:
+    db = await connect(server)
+    try:
+        link = db.engine._link  # type: ignore[attr-defined]
+        link._last_id = 0xFFFF_FFFF - 2
+        for i in range(6):
+            await db.set(b"k", b"%d" % i)
+        assert link._last_id < 10
+        assert await db.get(b"k") == b"5"
+    finally:
+        await db.close()
+
+
+async def test_the_client_keeps_to_the_servers_in_flight_limit(tmp_path: Path) -> None:
+    server = await serve(
+        f"sqlite:///{tmp_path}/db.sqlite", TOKEN, port=0, limits=Limits(max_in_flight=3)
+    )
+    db = await connect(server)
+    try:
+
+        async def bump(tr: shale.Transaction, i: int) -> None:
+            tr.set(b"n%03d" % i, b"x")
+
+        await asyncio.gather(*(db.transact(bump, i) for i in range(60)))
+        async with db.transaction() as tr:
+            assert len(await tr.get_range(b"n", b"o")) == 60
+    finally:
+        await db.close()
+        await server.stop(drain=1.0)
+
+
+async def test_a_stamped_value_does_not_wake_unrelated_feeds(server: Server) -> None:
+    # Every commit through the server carries a versionstamped idempotency id:
+    # that must not count as "wrote anywhere".
+    db = await connect(server)
+    try:
+        await Feed("f", b"feed/").declare(db)
+        woken = server.db.next_change("f")
+        await db.set(b"elsewhere", b"v")
+        await asyncio.sleep(0.05)
+        assert not woken.done()
+        await db.set(b"feed/x", b"v")
+        await asyncio.wait_for(asyncio.shield(woken), 5)
+    finally:
+        await db.close()
+
+
+async def test_a_range_clear_of_the_declarations_drops_the_feeds(server: Server) -> None:
+    db = await connect(server)
+    try:
+        await Feed("a", b"a/").declare(db)
+        await Feed("b", b"b/").declare(db)
+        assert set(server.db.feeds) == {"a", "b"}
+
+        async def wipe(tr: shale.Transaction) -> None:
+            tr.access_system_keys = True
+            begin = b"\xff" + tuples.pack(("feeds",))
+            tr.clear_range(begin, begin + b"\xff")
+
+        await db.transact(wipe)
+        assert server.db.feeds == {}
+    finally:
+        await db.close()
+
+
+async def test_an_invalid_declaration_changes_no_feed(server: Server) -> None:
+    db = await connect(server)
+    try:
+        await Feed("a", b"a/").declare(db)
+        before = dict(server.db.feeds)
+
+        async def bad(tr: shale.Transaction) -> None:
+            tr.access_system_keys = True
+            tr.set(b"\xff" + tuples.pack(("feeds",)) + tuples.pack(("a",)), b"")
+            tr.set(b"\xff" + tuples.pack(("feeds",)) + tuples.pack(("z",)), b"garbage")
+
+        with pytest.raises(shale.ProtocolError, match="invalid feed declaration"):
+            await db.transact(bad)
+        assert server.db.feeds == before
+    finally:
+        await db.close()
