@@ -711,6 +711,7 @@ class Transaction:
             write_ranges=self._write_ranges,
             versionstamped=self._versionstamped,
             feeds=tuple(self._db.feeds.values()) if self._db.feeds else (),
+            snapshot=self._snapshot,
         )
         if tag is not None:
             tag_commit(request, tag)

@@ -111,6 +111,10 @@ class CommitRequest:
     versionstamped: bool = False
     """Whether any mutation is a versionstamp operation, so engines need not
     scan every mutation to find out."""
+    snapshot: EngineSnapshot | None = None
+    """The snapshot the transaction read from, which it releases after the
+    commit. An engine that holds snapshots elsewhere (the remote engine)
+    may release it as part of the commit."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -268,6 +268,14 @@ class RemoteSnapshot:
             self._released = True
             self._link.send(MessageType.RELEASE, (self._sid,))
 
+    def _handed_over(self) -> int:
+        """Mark the snapshot released by the commit that names it; its id,
+        or 0 if it was released already."""
+        if self._released:
+            return 0
+        self._released = True
+        return self._sid
+
 
 class RemoteEngine:
     """The client of ``shale serve``; see the module docstring."""
@@ -402,7 +410,12 @@ class RemoteEngine:
 
     async def commit(self, request: CommitRequest) -> CommitResult:
         link = await self._connected()
-        version, order = await link.call(MessageType.COMMIT, encode_commit(0, request))
+        sid = 0
+        snapshot = request.snapshot
+        if isinstance(snapshot, RemoteSnapshot) and snapshot._link is link:
+            # The server releases it with the commit: one frame fewer.
+            sid = snapshot._handed_over()
+        version, order = await link.call(MessageType.COMMIT, encode_commit(sid, request))
         return CommitResult(version, order)
 
     def next_change(self, feed: str) -> asyncio.Future[None]:
