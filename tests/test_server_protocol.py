@@ -248,3 +248,80 @@ async def test_an_invalid_declaration_changes_no_feed(server: Server) -> None:
         assert server.db.feeds == before
     finally:
         await db.close()
+
+
+async def test_watches_do_not_hold_back_requests(tmp_path: Path) -> None:
+    server = await serve(
+        f"sqlite:///{tmp_path}/db.sqlite", TOKEN, port=0, limits=Limits(max_in_flight=4)
+    )
+    db = await connect(server)
+    try:
+        async with db.transaction() as tr:
+            watches = [tr.watch(b"w%d" % i) for i in range(6)]
+        await asyncio.wait_for(db.set(b"k", b"v"), 5)
+        assert await asyncio.wait_for(db.get(b"k"), 5) == b"v"
+        assert not any(w.done() for w in watches)
+    finally:
+        await db.close()
+        await server.stop(drain=1.0)
+
+
+async def test_a_release_during_shutdown_does_not_cut_running_commits(tmp_path: Path) -> None:
+    server = await serve(f"sqlite:///{tmp_path}/db.sqlite", TOKEN, port=0)
+    raw = await Raw.open(server)
+    commit = CommitRequest(-1, [(MutationType.SET, b"k", b"v")])
+    raw.send(MessageType.COMMIT, 10, encode_commit(0, commit))
+    await raw.writer.drain()
+    for _ in range(500):
+        if any(c.tasks for c in server.connections):
+            break
+        await asyncio.sleep(0)
+    stopping = asyncio.ensure_future(server.stop(drain=5.0))
+    await asyncio.sleep(0)
+    raw.send(MessageType.RELEASE, 0, (99,))
+    raw.send(MessageType.PING, 11, ())
+    replies = {(kind, request) for kind, request, _ in [await raw.recv(), await raw.recv()]}
+    assert replies == {(MessageType.COMMIT | REPLY, 10), (MessageType.PING | REPLY, 11)}
+    await stopping
+
+
+DECLARATIONS = b"\xff" + tuples.pack(("feeds",))
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (tuples.pack(("1", 0, "f", b"f/", False, None, None)), MutationType.SET),
+        (tuples.pack((1, 0, "f", "f/", False, None, None)), MutationType.SET),
+        (tuples.pack((1, 0, "f", b"f/")), MutationType.SET),
+        (tuples.pack((1, 0, "f", b"f/", False, None, None)), MutationType.APPEND_IF_FITS),
+    ],
+    ids=["string-version", "text-prefix", "short", "atomic-op"],
+)
+async def test_a_bad_declaration_is_refused_and_harms_no_one(
+    server: Server, value: bytes, kind: MutationType
+) -> None:
+    raw = await Raw.open(server)
+    key = DECLARATIONS + tuples.pack(("f",))
+    commit = CommitRequest(-1, [(MutationType.SET, b"mine", b"v"), (kind, key, value)])
+    raw.send(MessageType.COMMIT, 5, encode_commit(0, commit))
+    kind_back, request, (code, _) = await raw.recv()
+    assert (kind_back, request, code) == (MessageType.ERROR, 5, ErrorCode.INVALID_FIELDS)
+    assert server.db.feeds == {}
+    db = await connect(server)
+    try:
+        assert await db.get(b"mine") is None
+        await db.set(b"other", b"fine")  # the engine is unharmed
+    finally:
+        await db.close()
+
+
+async def test_a_refused_commit_releases_its_snapshot(server: Server) -> None:
+    raw = await Raw.open(server)
+    raw.send(MessageType.OPEN, 2, (7, None))
+    assert (await raw.recv())[0] == MessageType.OPEN | REPLY
+    bad = CommitRequest(-1, [(MutationType.CLEAR_RANGE, b"z", b"a")])
+    raw.send(MessageType.COMMIT, 3, encode_commit(7, bad))
+    assert (await raw.recv())[2][0] == ErrorCode.INVERTED_RANGE
+    connection = next(iter(server.connections))
+    assert 7 not in connection.snapshots

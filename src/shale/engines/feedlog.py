@@ -12,7 +12,7 @@ Layout, under the system keyspace (``shale.feeds`` reads it)::
 
     \\xff + pack(("feed", name, "log", Versionstamp(stamp, part)))
         -> pack((unix_time, ((op, key, new, old), ...)))
-    \\xff + pack(("feed", name, "state")) -> pack((entries, horizon))
+    \\xff + pack(("feed", name, "state")) -> u64 LE entries + horizon
 
 One committed transaction makes one entry per feed it touched, split into
 parts below the value limit; ``horizon`` is the log key of the newest part
@@ -100,8 +100,22 @@ def decode_declaration(value: bytes) -> FeedSpec:
 
     Raises:
         FormatVersionError: written by a newer major version of Shale.
+        ValueError: not a declaration.
     """
-    major, _minor, name, prefix, old_values, max_age, max_entries = tuples.unpack(value)
+    fields = tuples.unpack(value)
+    if (
+        len(fields) != 7
+        or not all(type(v) is int for v in fields[:2])
+        or type(fields[2]) is not str
+        or type(fields[3]) is not bytes
+        or type(fields[4]) is not bool
+        or not (fields[5] is None or type(fields[5]) in (int, float))
+        or not (fields[6] is None or type(fields[6]) is int)
+    ):
+        # Declarations can come from clients of a server: a bad one must be
+        # refused here, not fail a whole batch inside the engine.
+        raise ValueError(f"a feed declaration has the wrong fields: {fields!r:.200}")
+    major, _minor, name, prefix, old_values, max_age, max_entries = fields
     if major > FORMAT[0]:
         raise FormatVersionError(
             f"feed {name!r} has format {major}.{_minor}, newer than this Shale reads; "

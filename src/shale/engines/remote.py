@@ -48,6 +48,10 @@ __all__ = ["RemoteEngine", "RemoteSnapshot"]
 DEFAULT_PORT = 7480
 CONNECT_TIMEOUT = 10.0
 
+_COUNTED = frozenset({MessageType.GET, MessageType.GET_RANGE, MessageType.COMMIT})
+"""The requests the server counts against ``max_in_flight``; opens and
+watches are bounded separately."""
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -60,6 +64,8 @@ class _Link(asyncio.Protocol):
         self.reader = FrameReader(1 << 20)
         self.pending: dict[int, tuple[asyncio.Future[tuple[Any, ...]], int]] = {}
         self._last_id = 0
+        self.counted = 0
+        """Requests pending that count against the server's ``max_in_flight``."""
         self.snapshot_ids = itertools.count(1)
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[errors.ShaleError] = asyncio.get_running_loop().create_future()
@@ -105,7 +111,9 @@ class _Link(asyncio.Protocol):
         entry = self.pending.pop(request, None)
         if entry is None:
             return
-        self._room.set()
+        if entry[1] in _COUNTED:
+            self.counted -= 1
+            self._room.set()
         future, sent = entry
         if future.done():
             return
@@ -164,7 +172,7 @@ class _Link(asyncio.Protocol):
         """Send a request and wait for its reply's fields."""
         if not self.alive:
             raise self.closed.result()
-        while len(self.pending) >= self.max_in_flight or not self._writable.is_set():
+        while self.counted >= self.max_in_flight or not self._writable.is_set():
             self._room.clear()
             await self._room.wait()
             if not self.alive:
@@ -192,6 +200,8 @@ class _Link(asyncio.Protocol):
         request = self._next_id()
         future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
         self.pending[request] = (future, kind)
+        if kind in _COUNTED:
+            self.counted += 1
         self.used = True
         self._queue(frame(kind, request, fields), hold)
         return future

@@ -33,10 +33,11 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     )
     parser.add_argument("url", metavar="URL", nargs="?", default=None)
     parser.add_argument("--inmem", action="store_true", help="serve a new in-memory database")
-    parser.add_argument("--token", help="the token clients must present (visible to ps)")
-    parser.add_argument(
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument(
         "--token-file", type=Path, help="read the token from this file (its first line)"
     )
+    secret.add_argument("--token", help="the token itself (other users can see it with ps)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
     parser.add_argument("--tls-cert", type=Path, help="certificate chain (PEM) for TLS")
@@ -57,6 +58,7 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _token(args: argparse.Namespace) -> str:
+    """From --token-file or --token (exclusive), else $SHALE_TOKEN."""
     if args.token:
         return str(args.token)
     if args.token_file:

@@ -5,16 +5,29 @@ its engine the clients' snapshots and commits, so the engine's own resolver
 validates every commit, and the database's declared feeds (kept here, not
 by clients) decide what each commit logs. Each connection is an
 ``asyncio.Protocol``: frames are cut and checked as bytes arrive, each
-request runs as a task, and replies go out in completion order, tagged with
-the request's id.
+request runs at once and becomes a task only if it has to wait
+(``shale.server.eager``), and replies go out in completion order, tagged
+with the request's id.
 
 A connection is closed, and nobody else harmed, when it breaks the
 protocol: a bad frame length, a first frame that is not a valid ``HELLO``,
-a wrong token, silence before authenticating or for ``idle_timeout``
-after, or leaving the server unable to write to it for ``stall_timeout``.
-While the server cannot write to a client it stops reading from it, so a
-client that does not read its replies holds at most ``max_in_flight``
-replies in the server's memory.
+a wrong token, a request that exists for its reply sent with id 0, a
+refused request with no id to answer it by, silence before
+authenticating or for ``idle_timeout`` after, or leaving the server
+unable to write to it for ``stall_timeout``.
+
+While the server cannot write to a client it stops reading from it and
+stops dispatching, even in the middle of a chunk: the frames after the
+current one stay unparsed in the frame reader until the client drains its
+replies. So a client that does not read its replies costs the server about
+one reply beyond the transport's high-water mark, plus the replies of its
+requests already running.
+
+On ``stop`` the server keeps reading, and answers each request that
+arrives during the drain with ``SHUTTING_DOWN``; requests still running
+when the drain ends are cancelled and answered (``COMMIT_UNKNOWN_RESULT``
+for a commit) before the final id-0 ``SHUTTING_DOWN`` and the close.
+``docs/protocol.md`` describes all of it.
 """
 
 from __future__ import annotations
@@ -219,8 +232,10 @@ class Server:
                 for name in self.db.feeds
                 if key <= FEED_DECLARATIONS + tuples.pack((name,)) < param
             ]
-        if not key.startswith(FEED_DECLARATIONS) or kind not in _DECLARING:
+        if not key.startswith(FEED_DECLARATIONS):
             return []
+        if kind not in _DECLARING:
+            raise errors.ProtocolError("feed declarations are written with set and clear only")
         try:
             (name,) = tuples.unpack(key, len(FEED_DECLARATIONS))
             spec = decode_declaration(param) if kind is MutationType.SET else None
@@ -234,11 +249,16 @@ class Server:
 _DECLARING = frozenset({MutationType.SET, MutationType.CLEAR})
 
 _COUNTED = frozenset({MessageType.GET, MessageType.GET_RANGE, MessageType.COMMIT})
-_ANSWERED = _COUNTED | {MessageType.WATCH_FEED, MessageType.WATCH_KEY}
-"""Requests that exist for their reply, so they need an id to carry it."""
 """Requests that hold a slot of ``max_in_flight`` until answered. Opens are
 bounded by ``max_snapshots``, watches by ``max_watches``; pings and
 releases are answered at once."""
+
+_ANSWERED = _COUNTED | {MessageType.WATCH_FEED, MessageType.WATCH_KEY}
+"""Requests that exist for their reply, so they need an id to carry it."""
+
+_HOUSEKEEPING = frozenset({MessageType.PING, MessageType.RELEASE})
+"""Still served while the server stops: they start no work, and refusing
+a one-way ``RELEASE`` would close the connection under running commits."""
 
 
 class Connection(asyncio.Protocol):
@@ -319,9 +339,8 @@ class Connection(asyncio.Protocol):
                 else:
                     self._hello(kind, request, body)
                 if not self._reading:
-                    # The client is not taking its replies (or the server is
-                    # stopping): the frames after this one wait in the
-                    # reader, so a non-reading client holds about one reply
+                    # The client is not taking its replies: the frames after
+                    # this one wait in the reader, so a non-reading client holds about one reply
                     # beyond the transport's high-water mark, not one per
                     # frame it managed to send.
                     break
@@ -463,13 +482,15 @@ class Connection(asyncio.Protocol):
         if handler is None:
             self._refuse(request, ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {kind:#x}")
             return
-        if self.server._stopping:
+        if self.server._stopping and kind not in _HOUSEKEEPING:
             self._refuse(request, ErrorCode.SHUTTING_DOWN, "server shutting down")
             return
         if request == 0 and kind in _ANSWERED:
             self.close(f"{MessageType(kind).name} needs a request id", ErrorCode.INVALID_FIELDS)
             return
         if kind in _COUNTED and len(self.tasks) >= self.limits.max_in_flight:
+            if kind == MessageType.COMMIT:
+                self._release_named(body)
             self._refuse(
                 request,
                 ErrorCode.TOO_MANY_REQUESTS,
@@ -484,6 +505,15 @@ class Connection(asyncio.Protocol):
             self._refuse(request, ErrorCode.INVALID_FIELDS, f"{MessageType(kind).name}: {exc}")
         except errors.ShaleError as exc:
             self._refuse(request, error_of(exc), str(exc))
+
+    def _release_named(self, body: bytes) -> None:
+        """Release the snapshot a refused commit names, if it names one."""
+        try:
+            fields = decode_body(body)
+        except errors.ProtocolError:
+            return
+        if fields and type(fields[0]) is int and fields[0] > 0:
+            self._release(fields[0])
 
     def _refuse(self, request: int, code: ErrorCode, message: str) -> None:
         """Answer a request with an error; one with no id to answer to
@@ -631,18 +661,36 @@ def _release_handler(conn: Connection, request: int, fields: tuple[Any, ...]) ->
 
 
 def _commit(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
-    sid, commit_request = decode_commit(fields)
+    try:
+        sid, commit_request = decode_commit(fields)
+    except errors.ShaleError:
+        # A refused commit still ends its transaction: release what it names.
+        if fields and type(fields[0]) is int and fields[0] > 0:
+            conn._release(fields[0])
+        raise
     if sid and sid not in conn.snapshots:
         raise FrameError(ErrorCode.UNKNOWN_SNAPSHOT, f"no open snapshot {sid}")
 
     async def commit() -> tuple[Any, ...]:
+        # Shielded from the connection's end, which cancels this task: the
+        # engine applies a commit it has queued whoever waits for it, and the
+        # feed declarations it carries and the wake-ups it owes subscribers
+        # must follow what the engine did, not whether its client stayed.
+        applying = eager.start(conn.server.commit(commit_request))
+        applying.add_done_callback(_retrieved)
         try:
-            return await conn.server.commit(commit_request)
+            return await asyncio.shield(applying)
         finally:
             if sid:
                 conn._release(sid)
 
     conn._spawn(MessageType.COMMIT, request, commit())
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a shielded commit's failure as seen: its client may be gone."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _watch_feed(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
