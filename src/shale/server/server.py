@@ -269,6 +269,8 @@ class Connection(asyncio.Protocol):
         self.limits = server.limits
         self.reader = FrameReader(HANDSHAKE_LIMIT)
         self.tasks: set[asyncio.Future[tuple[Any, ...]]] = set()
+        self.shielded: set[asyncio.Future[tuple[Any, ...]]] = set()
+        """The tasks of ``tasks`` that a lost connection does not cancel."""
         self.snapshots: dict[int, asyncio.Future[EngineSnapshot]] = {}
         self.watches: dict[int, tuple[asyncio.Future[None], Callable[..., None], bool]] = {}
         """Watches by request id: the future, the callback answering it, and
@@ -381,7 +383,8 @@ class Connection(asyncio.Protocol):
                 future.cancel()
         self.watches.clear()
         for task in list(self.tasks):
-            task.cancel()
+            if task not in self.shielded:
+                task.cancel()
         for sid in list(self.snapshots):
             self._release(sid)
 
@@ -523,16 +526,27 @@ class Connection(asyncio.Protocol):
         else:
             self._error(request, code, message)
 
-    def _spawn(self, kind: int, request: int, work: Coroutine[Any, Any, tuple[Any, ...]]) -> None:
+    def _spawn(
+        self,
+        kind: int,
+        request: int,
+        work: Coroutine[Any, Any, tuple[Any, ...]],
+        shielded: bool = False,
+    ) -> None:
+        """Run ``work`` and answer ``request`` with its outcome. A shielded
+        request runs to its end even if the connection drops first."""
         future = eager.start(work)
         if future.done():
             self._answer(kind, request, future)
             return
         self.tasks.add(future)
+        if shielded:
+            self.shielded.add(future)
         future.add_done_callback(lambda f: self._answer(kind, request, f))
 
     def _answer(self, kind: int, request: int, future: asyncio.Future[tuple[Any, ...]]) -> None:
         self.tasks.discard(future)
+        self.shielded.discard(future)
         if future.cancelled():
             if kind == MessageType.COMMIT:
                 self._error(request, ErrorCode.COMMIT_UNKNOWN_RESULT, "server shutting down")
@@ -671,26 +685,14 @@ def _commit(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
     if sid and sid not in conn.snapshots:
         raise FrameError(ErrorCode.UNKNOWN_SNAPSHOT, f"no open snapshot {sid}")
 
-    async def commit() -> tuple[Any, ...]:
-        # Shielded from the connection's end, which cancels this task: the
-        # engine applies a commit it has queued whoever waits for it, and the
-        # feed declarations it carries and the wake-ups it owes subscribers
-        # must follow what the engine did, not whether its client stayed.
-        applying = eager.start(conn.server.commit(commit_request))
-        applying.add_done_callback(_retrieved)
-        try:
-            return await asyncio.shield(applying)
-        finally:
-            if sid:
-                conn._release(sid)
-
-    conn._spawn(MessageType.COMMIT, request, commit())
-
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    """Mark a shielded commit's failure as seen: its client may be gone."""
-    if not task.cancelled():
-        task.exception()
+    if sid:
+        # The commit carries its read version; the snapshot's work is done.
+        conn._release(sid)
+    # Shielded from the connection's end: the engine applies a commit it has
+    # queued whoever waits for it, and the feed declarations it carries and
+    # the wake-ups it owes subscribers must follow what the engine did, not
+    # whether its client stayed.
+    conn._spawn(MessageType.COMMIT, request, conn.server.commit(commit_request), shielded=True)
 
 
 def _watch_feed(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
