@@ -48,6 +48,7 @@ from shale.core.database import open as open_database
 from shale.engines.base import CommitRequest, EngineSnapshot, Mutation, MutationType
 from shale.engines.feedlog import FeedSpec, decode_declaration
 from shale.server import eager
+from shale.server.handlers import HANDLERS, release_snapshot
 from shale.server.protocol import (
     HANDSHAKE_LIMIT,
     PROTOCOL_VERSION,
@@ -59,7 +60,6 @@ from shale.server.protocol import (
     MessageType,
     check_fields,
     decode_body,
-    decode_commit,
     error_of,
     frame,
 )
@@ -386,7 +386,7 @@ class Connection(asyncio.Protocol):
             if task not in self.shielded:
                 task.cancel()
         for sid in list(self.snapshots):
-            self._release(sid)
+            self.release(sid)
 
     def _arm(self, delay: float) -> None:
         self._timer = asyncio.get_running_loop().call_later(delay, self._check_deadline)
@@ -437,7 +437,7 @@ class Connection(asyncio.Protocol):
         self._arm(self.limits.idle_timeout)
         log.info("%s authenticated (%r)", self.peer, client[:64])
         capabilities = self.server.db.engine.capabilities
-        self._send(
+        self.send(
             MessageType.HELLO | REPLY,
             request,
             (
@@ -454,7 +454,7 @@ class Connection(asyncio.Protocol):
 
     # -- requests ----------------------------------------------------------
 
-    def _send(self, kind: int, request: int, fields: tuple[Any, ...], hold: bool = False) -> None:
+    def send(self, kind: int, request: int, fields: tuple[Any, ...], hold: bool = False) -> None:
         """Write a frame, or with ``hold`` keep it for the next write (or the
         next turn of the loop): an open's reply goes out with the first
         read's, in one system call. Holding every reply would delay each by
@@ -477,11 +477,11 @@ class Connection(asyncio.Protocol):
         if out and not self.closed and self.transport is not None:
             self.transport.write(b"".join(out))
 
-    def _error(self, request: int, code: ErrorCode, message: str) -> None:
-        self._send(MessageType.ERROR, request, (int(code), message))
+    def error(self, request: int, code: ErrorCode, message: str) -> None:
+        self.send(MessageType.ERROR, request, (int(code), message))
 
     def _dispatch(self, kind: int, request: int, body: bytes) -> None:
-        handler = _HANDLERS.get(kind)
+        handler = HANDLERS.get(kind)
         if handler is None:
             self._refuse(request, ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {kind:#x}")
             return
@@ -516,7 +516,7 @@ class Connection(asyncio.Protocol):
         except errors.ProtocolError:
             return
         if fields and type(fields[0]) is int and fields[0] > 0:
-            self._release(fields[0])
+            self.release(fields[0])
 
     def _refuse(self, request: int, code: ErrorCode, message: str) -> None:
         """Answer a request with an error; one with no id to answer to
@@ -524,9 +524,9 @@ class Connection(asyncio.Protocol):
         if request == 0:
             self.close(message, code)
         else:
-            self._error(request, code, message)
+            self.error(request, code, message)
 
-    def _spawn(
+    def spawn(
         self,
         kind: int,
         request: int,
@@ -549,199 +549,37 @@ class Connection(asyncio.Protocol):
         self.shielded.discard(future)
         if future.cancelled():
             if kind == MessageType.COMMIT:
-                self._error(request, ErrorCode.COMMIT_UNKNOWN_RESULT, "server shutting down")
+                self.error(request, ErrorCode.COMMIT_UNKNOWN_RESULT, "server shutting down")
             else:
-                self._error(request, ErrorCode.SHUTTING_DOWN, "server shutting down")
+                self.error(request, ErrorCode.SHUTTING_DOWN, "server shutting down")
             return
         exc = future.exception()
         if exc is None:
             if request:
-                self._send(kind | REPLY, request, future.result())
+                self.send(kind | REPLY, request, future.result())
         elif isinstance(exc, errors.ShaleError):
             if kind == MessageType.COMMIT:
                 level = logging.DEBUG if isinstance(exc, _QUIET_FAILURES) else logging.WARNING
                 log.log(level, "%s commit failed: %s: %s", self.peer, type(exc).__name__, exc)
-            self._error(request, error_of(exc), str(exc))
+            self.error(request, error_of(exc), str(exc))
         else:
             log.error("%s request %#x failed", self.peer, kind, exc_info=exc)
-            self._error(request, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            self.error(request, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
-    def _snapshot(self, sid: object) -> asyncio.Future[EngineSnapshot]:
+    def snapshot(self, sid: object) -> asyncio.Future[EngineSnapshot]:
         task = self.snapshots.get(sid) if type(sid) is int else None
         if task is None:
             raise FrameError(ErrorCode.UNKNOWN_SNAPSHOT, f"no open snapshot {sid!r}")
         return task
 
-    def _release(self, sid: int) -> None:
+    def release(self, sid: int) -> None:
         task = self.snapshots.pop(sid, None)
-        if task is not None:
-            task.add_done_callback(_release_snapshot)
-
-
-def _release_snapshot(task: asyncio.Future[EngineSnapshot]) -> None:
-    if not task.cancelled() and task.exception() is None:
-        task.result().release()
-
-
-# -- handlers: check the fields now, do the work in a task --------------------
-
-
-def _ping(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
-    check_fields(fields)
-    if request:
-        conn._send(MessageType.PING | REPLY, request, ())
-
-
-def _open(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
-    check_fields(fields, int, (int, type(None)))
-    sid, version = fields
-    if sid <= 0 or sid in conn.snapshots:
-        raise errors.ProtocolError(f"snapshot id {sid} is not positive or already open")
-    if len(conn.snapshots) >= conn.limits.max_snapshots:
-        raise FrameError(
-            ErrorCode.TOO_MANY_REQUESTS,
-            f"more than {conn.limits.max_snapshots} open snapshots; release some",
-        )
-    # Not a counted request: ``max_snapshots`` bounds these, and a read
-    # sent right behind the open waits on it.
-    opening = eager.start(conn.server.db.engine.snapshot(version))
-    conn.snapshots[sid] = opening
-
-    def opened(future: asyncio.Future[EngineSnapshot]) -> None:
-        if future.cancelled():
+        if task is None:
             return
-        failure = future.exception()
-        if failure is None:
-            if request:
-                version = future.result().read_version
-                conn._send(MessageType.OPEN | REPLY, request, (version,), hold=True)
-            return
-        if conn.snapshots.get(sid) is future:
-            del conn.snapshots[sid]
-        if request:
-            conn._error(request, error_of(failure), str(failure))
-
-    if opening.done():
-        opened(opening)
-    else:
-        opening.add_done_callback(opened)
-
-
-def _get(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
-    check_fields(fields, int, bytes)
-    opening = conn._snapshot(fields[0])
-    key = fields[1]
-
-    async def get() -> tuple[Any, ...]:
-        return (await (await opening).get(key),)
-
-    conn._spawn(MessageType.GET, request, get())
-
-
-def _get_range(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
-    check_fields(fields, int, bytes, bytes, int, bool)
-    sid, begin, end, limit, reverse = fields
-    if limit < 0:
-        raise errors.ProtocolError(f"limit must be >= 0, not {limit}")
-    opening = conn._snapshot(sid)
-    budget = conn.limits.range_bytes
-
-    async def get_range() -> tuple[Any, ...]:
-        snapshot = await opening
-        want = min(limit, RANGE_ROWS) if limit else RANGE_ROWS
-        rows = await snapshot.get_range(begin, end, want, reverse)
-        out: list[bytes] = []
-        size = 0
-        for key, value in rows:
-            out += (key, value)
-            size += len(key) + len(value)
-            if size >= budget:
-                break
-        more = len(out) < 2 * len(rows) or (len(rows) == want and want != limit)
-        return (more, *out)
-
-    conn._spawn(MessageType.GET_RANGE, request, get_range())
-
-
-RANGE_ROWS = 4096
-"""Rows one ``GET_RANGE`` reply reads at most; the client asks again for more."""
-
-
-def _release_handler(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
-    check_fields(fields, int)
-    conn._release(fields[0])
-    if request:
-        conn._send(MessageType.RELEASE | REPLY, request, ())
-
-
-def _commit(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
-    try:
-        sid, commit_request = decode_commit(fields)
-    except errors.ShaleError:
-        # A refused commit still ends its transaction: release what it names.
-        if fields and type(fields[0]) is int and fields[0] > 0:
-            conn._release(fields[0])
-        raise
-    if sid and sid not in conn.snapshots:
-        raise FrameError(ErrorCode.UNKNOWN_SNAPSHOT, f"no open snapshot {sid}")
-
-    if sid:
-        # The commit carries its read version; the snapshot's work is done.
-        conn._release(sid)
-    # Shielded from the connection's end: the engine applies a commit it has
-    # queued whoever waits for it, and the feed declarations it carries and
-    # the wake-ups it owes subscribers must follow what the engine did, not
-    # whether its client stayed.
-    conn._spawn(MessageType.COMMIT, request, conn.server.commit(commit_request), shielded=True)
-
-
-def _watch_feed(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
-    check_fields(fields, str)
-    future = conn.server.db.next_change(fields[0])
-    _watch(conn, MessageType.WATCH_FEED, request, future, own=False)
-
-
-def _watch_key(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
-    check_fields(fields, bytes, (bytes, type(None)))
-    key, seen = fields
-    db = conn.server.db
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    _watch(conn, MessageType.WATCH_KEY, request, future, own=True)
-    future.add_done_callback(lambda _: db._prune_watches(key))
-    db._add_watch(key, seen, future)
-
-
-def _watch(
-    conn: Connection, kind: int, request: int, future: asyncio.Future[None], own: bool
-) -> None:
-    """Answer ``request`` when ``future`` resolves. The future may be shared
-    with other watchers (a feed's), so the connection only ever removes its
-    own callback from it, never cancels it."""
-    if request == 0 or request in conn.watches:
-        raise errors.ProtocolError("a watch needs a request id of its own")
-    if len(conn.watches) >= conn.limits.max_watches:
-        raise FrameError(
-            ErrorCode.TOO_MANY_REQUESTS, f"more than {conn.limits.max_watches} watches"
-        )
-
-    def fired(_: asyncio.Future[None]) -> None:
-        if conn.watches.pop(request, None) is not None:
-            conn._send(kind | REPLY, request, ())
-
-    conn.watches[request] = (future, fired, own)
-    future.add_done_callback(fired)
-
-
-_HANDLERS: dict[int, Callable[[Connection, int, tuple[Any, ...]], None]] = {
-    MessageType.PING: _ping,
-    MessageType.OPEN: _open,
-    MessageType.GET: _get,
-    MessageType.GET_RANGE: _get_range,
-    MessageType.RELEASE: _release_handler,
-    MessageType.COMMIT: _commit,
-    MessageType.WATCH_FEED: _watch_feed,
-    MessageType.WATCH_KEY: _watch_key,
-}
+        if task.done():
+            release_snapshot(task)
+        else:
+            task.add_done_callback(release_snapshot)
 
 
 def _version() -> str:
