@@ -36,6 +36,7 @@ from shale.server.protocol import (
     ErrorCode,
     FrameError,
     FrameReader,
+    FrameWriter,
     MessageType,
     decode_body,
     encode_commit,
@@ -73,7 +74,7 @@ class _Link(asyncio.Protocol):
         self._room = asyncio.Event()
         """Set when a reply frees a slot or the socket drains: wakes callers
         waiting for ``max_in_flight``."""
-        self._out: list[bytes] = []
+        self.writer = FrameWriter()
         self._writable = asyncio.Event()
         self._writable.set()
         self.used = True
@@ -84,6 +85,7 @@ class _Link(asyncio.Protocol):
         # A cast, not an isinstance check: uvloop's transports are not
         # subclasses of asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
+        self.writer.transport = self.transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(errors.Unavailable(f"lost the connection to the server: {exc or 'closed'}"))
@@ -128,6 +130,7 @@ class _Link(asyncio.Protocol):
         if self.closed.done():
             return
         self.alive = False
+        self.writer.open = False
         self.closed.set_result(error)
         self._room.set()
         if self.transport is not None:
@@ -146,27 +149,7 @@ class _Link(asyncio.Protocol):
     def send(self, kind: int, fields: tuple[Any, ...]) -> None:
         """A message that gets no reply."""
         if self.alive and self.transport is not None:
-            self._queue(frame(kind, 0, fields), hold=True)
-
-    def _queue(self, data: bytes, hold: bool = False) -> None:
-        """Write ``data``, or with ``hold`` keep it for the next write (or the
-        next turn of the loop): an open goes out with the first read, in
-        one system call. Holding every frame would batch more, but it delays
-        each request by a turn of the loop, which costs more under load."""
-        if hold:
-            if not self._out:
-                asyncio.get_running_loop().call_soon(self._flush)
-            self._out.append(data)
-        elif self._out:
-            self._out.append(data)
-            self._flush()
-        elif self.transport is not None:
-            self.transport.write(data)
-
-    def _flush(self) -> None:
-        out, self._out = self._out, []
-        if out and self.alive and self.transport is not None:
-            self.transport.write(b"".join(out))
+            self.writer.write(frame(kind, 0, fields), hold=True)
 
     async def call(self, kind: int, fields: tuple[Any, ...]) -> tuple[Any, ...]:
         """Send a request and wait for its reply's fields."""
@@ -193,7 +176,7 @@ class _Link(asyncio.Protocol):
     def start(
         self, kind: int, fields: tuple[Any, ...], hold: bool = False
     ) -> asyncio.Future[tuple[Any, ...]]:
-        """Send a request (see ``_queue`` for ``hold``); the future of its
+        """Send a request (see ``FrameWriter`` for ``hold``); the future of its
         reply's fields."""
         if not self.alive or self.transport is None:
             raise self.closed.result() if self.closed.done() else errors.Unavailable("closed")
@@ -203,7 +186,7 @@ class _Link(asyncio.Protocol):
         if kind in _COUNTED:
             self.counted += 1
         self.used = True
-        self._queue(frame(kind, request, fields), hold)
+        self.writer.write(frame(kind, request, fields), hold)
         return future
 
 

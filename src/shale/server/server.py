@@ -56,6 +56,7 @@ from shale.server.protocol import (
     ErrorCode,
     FrameError,
     FrameReader,
+    FrameWriter,
     Limits,
     MessageType,
     check_fields,
@@ -284,12 +285,13 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._stall: asyncio.TimerHandle | None = None
         self._reading = True
-        self._out: list[bytes] = []
+        self.writer = FrameWriter()
 
     # -- transport callbacks ---------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.writer.transport = self.transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         if self.server._stopping:
@@ -306,6 +308,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
             self.closed = True
+            self.writer.open = False
             log.info("%s disconnected%s", self.peer, f": {exc}" if exc else "")
         self._cleanup()
 
@@ -355,8 +358,9 @@ class Connection(asyncio.Protocol):
         """Send a final error (request id 0) if ``code``, then close."""
         if self.closed or self.transport is None:
             return
-        self._flush()
+        self.writer.flush()
         self.closed = True
+        self.writer.open = False
         if code is not None:
             self.transport.write(frame(MessageType.ERROR, 0, (int(code), reason)))
         log.info("%s closed: %s", self.peer, reason)
@@ -455,27 +459,9 @@ class Connection(asyncio.Protocol):
     # -- requests ----------------------------------------------------------
 
     def send(self, kind: int, request: int, fields: tuple[Any, ...], hold: bool = False) -> None:
-        """Write a frame, or with ``hold`` keep it for the next write (or the
-        next turn of the loop): an open's reply goes out with the first
-        read's, in one system call. Holding every reply would delay each by
-        a turn of the loop, which costs more under load than it saves."""
-        if self.closed or self.transport is None:
-            return
-        data = frame(kind, request, fields)
-        if hold:
-            if not self._out:
-                asyncio.get_running_loop().call_soon(self._flush)
-            self._out.append(data)
-        elif self._out:
-            self._out.append(data)
-            self._flush()
-        else:
-            self.transport.write(data)
-
-    def _flush(self) -> None:
-        out, self._out = self._out, []
-        if out and not self.closed and self.transport is not None:
-            self.transport.write(b"".join(out))
+        """Write a frame (see ``FrameWriter`` for ``hold``)."""
+        if not self.closed:
+            self.writer.write(frame(kind, request, fields), hold)
 
     def error(self, request: int, code: ErrorCode, message: str) -> None:
         self.send(MessageType.ERROR, request, (int(code), message))
