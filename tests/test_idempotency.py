@@ -322,6 +322,16 @@ async def test_sweep_removes_old_ids_and_keeps_new_ones(
         await sweep_idempotency_ids(db, older_than=-1.0)
 
 
+async def test_a_sweep_with_nothing_to_clear_commits_nothing(tmp_path: Path) -> None:
+    async with await shale.open(f"sqlite:///{tmp_path}/db.sqlite") as db:
+        await db.set(b"k", b"v")
+        async with db.transaction() as tr:
+            before = await tr.get_read_version()
+        await sweep_idempotency_ids(db)
+        async with db.transaction() as tr:
+            assert await tr.get_read_version() == before
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     faults=st.lists(

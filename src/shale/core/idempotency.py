@@ -119,7 +119,9 @@ async def sweep_idempotency_ids(db: Database, older_than: float = IDEMPOTENCY_RE
 
     async def sweep(tr: Transaction) -> None:
         tr.access_system_keys = True
-        tr.clear_range(IDEMPOTENCY_PREFIX, IDEMPOTENCY_PREFIX + cutoff)
+        # An idle server sweeps nothing: no commit, no fsync, no new version.
+        if await tr.snapshot.get_range(IDEMPOTENCY_PREFIX, IDEMPOTENCY_PREFIX + cutoff, limit=1):
+            tr.clear_range(IDEMPOTENCY_PREFIX, IDEMPOTENCY_PREFIX + cutoff)
 
     # Clearing twice is clearing once: engines that tag no ids may retry it too.
     await db.run(sweep, idempotent=True)
