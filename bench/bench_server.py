@@ -7,8 +7,9 @@ Every system does the same read-modify-write transactions, driven from this
 process by one asyncio task per client, each client with its own connection:
 
 * **Shale**: ``python -m shale serve`` as a subprocess on a free loopback
-  port, once on ``sqlite://`` (the default engine, fsync per commit) and once
-  on ``memory://``. Each client is its own ``shale.open("shale://...")``. The
+  port, on ``sqlite://`` (the default engine, fsync per commit), on
+  ``sqlite://...?synchronous=normal`` (no fsync: atomic and safe from a
+  process crash, not from power loss) and on ``memory://``. Each client is its own ``shale.open("shale://...")``. The
   transaction body is ``v = await tr.get(key); tr.set(key, v + 1)``, run by
   ``db.run`` (``db.transact`` with the bound on retries raised, below).
 * **Redis**: ``WATCH key; GET key; MULTI; SET key; EXEC``, retried on
@@ -99,6 +100,7 @@ WORKLOADS = (DISTINCT, HOT)
 
 SYSTEMS = {
     "shale-sqlite": "shale sqlite",
+    "shale-sqlite-normal": "shale sqlite normal",
     "shale-memory": "shale memory",
     "redis": "redis WATCH",
     "postgresql": "postgresql SERIALIZABLE",
@@ -288,6 +290,13 @@ class _Server:
             ) from None
 
 
+_DURABILITY = {
+    "sqlite": "fsync per commit",
+    "sqlite-normal": "synchronous=normal: atomic, survives a process crash, not power loss",
+    "memory": "none (memory)",
+}
+
+
 class ShaleSystem:
     """Shale on ``engine`` through the server, or in-process with one shared ``Database``."""
 
@@ -295,7 +304,7 @@ class ShaleSystem:
         self.label = label
         self.engine = engine
         self.in_process = in_process
-        self.durability = "fsync per commit" if engine == "sqlite" else "none (memory)"
+        self.durability = _DURABILITY[engine]
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._server: _Server | None = None
         self._admin: shale.Database | None = None
@@ -303,10 +312,12 @@ class ShaleSystem:
     async def start(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="shale-bench-server-")
         engine_url = (
-            f"sqlite:///{os.path.join(self._tmp.name, 'bench.db')}"
-            if self.engine == "sqlite"
-            else "memory://"
+            "memory://"
+            if self.engine == "memory"
+            else f"sqlite:///{os.path.join(self._tmp.name, 'bench.db')}"
         )
+        if self.engine == "sqlite-normal":
+            engine_url += "?synchronous=normal"
         if self.in_process:
             self._admin = await shale.open(engine_url)
             return
@@ -543,7 +554,8 @@ def _system(name: str, redis_url: str, postgres_url: str) -> System:
         return PostgresSystem(postgres_url)
     in_process = name in IN_PROCESS
     label = IN_PROCESS[name] if in_process else SYSTEMS[name]
-    return ShaleSystem(label, name.split("-")[1], in_process)
+    engine = name.removeprefix("shale-").removesuffix("-in-process")
+    return ShaleSystem(label, engine, in_process)
 
 
 # -- the workloads -------------------------------------------------------------

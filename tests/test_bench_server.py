@@ -17,7 +17,9 @@ PEERS = {"redis": "SHALE_TEST_REDIS_URL", "postgresql": "SHALE_TEST_POSTGRES_URL
 
 
 @pytest.mark.parametrize(
-    "systems", [("shale-sqlite", "shale-memory"), ("redis",), ("postgresql",)], ids="+".join
+    "systems",
+    [("shale-sqlite", "shale-sqlite-normal", "shale-memory"), ("redis",), ("postgresql",)],
+    ids="+".join,
 )
 def test_server_benchmark_checks_itself(systems: tuple[str, ...]) -> None:
     for name in systems:
