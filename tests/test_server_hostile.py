@@ -564,7 +564,7 @@ async def test_too_many_requests_in_flight() -> None:
             assert answered == {(MessageType.COMMIT | REPLY, r) for r in range(10, 14)}
             # The slots are free again.
             await unharmed(good)
-            assert await raw.call(MessageType.GET, 31, (1, b"k")) == (None,)
+            assert await raw.call(MessageType.GET, 31, (1, b"k")) == (None, version)
         finally:
             raw.close()
 

@@ -49,7 +49,9 @@ __all__ = ["RemoteEngine", "RemoteSnapshot"]
 DEFAULT_PORT = 7480
 CONNECT_TIMEOUT = 10.0
 
-_COUNTED = frozenset({MessageType.GET, MessageType.GET_RANGE, MessageType.COMMIT})
+_COUNTED = frozenset(
+    {MessageType.GET, MessageType.GET_RANGE, MessageType.VERSION, MessageType.COMMIT}
+)
 """The requests the server counts against ``max_in_flight``; opens and
 watches are bounded separately."""
 
@@ -160,9 +162,6 @@ class _Link(asyncio.Protocol):
             await self._room.wait()
             if not self.alive:
                 raise self.closed.result()
-        return await self.call_now(kind, fields)
-
-    async def call_now(self, kind: int, fields: tuple[Any, ...]) -> tuple[Any, ...]:
         return await self.start(kind, fields)
 
     def _next_id(self) -> int:
@@ -191,38 +190,36 @@ class _Link(asyncio.Protocol):
 
 
 class RemoteSnapshot:
-    """A snapshot held open on the server for one transaction."""
+    """A snapshot held open on the server for one transaction.
 
-    __slots__ = ("_engine", "_link", "_opened", "_released", "_sid")
+    It is opened by a one-way message sent with the first read, and every
+    read's reply carries its read version: a transaction learns it without
+    a frame of its own. ``version()`` asks for it only when nothing was
+    read yet."""
 
-    def __init__(
-        self,
-        engine: RemoteEngine,
-        link: _Link,
-        sid: int,
-        opened: asyncio.Future[tuple[Any, ...]],
-    ) -> None:
+    __slots__ = ("_engine", "_link", "_released", "_sid", "_version")
+
+    def __init__(self, engine: RemoteEngine, link: _Link, sid: int) -> None:
         self._engine = engine
         self._link = link
         self._sid = sid
-        self._opened = opened
+        self._version: int | None = None
         self._released = False
 
     @property
     def read_version(self) -> int:
-        if not self._opened.done() or self._opened.exception() is not None:
+        if self._version is None:
             raise errors.UsageError("the read version is not known yet; await version()")
-        version: int = self._opened.result()[0]
-        return version
+        return self._version
 
     async def version(self) -> int:
-        version: int = (await self._opened)[0]
-        return version
+        if self._version is None:
+            (self._version,) = await self._call(MessageType.VERSION, (self._sid,))
+        return self._version
 
     async def get(self, key: bytes) -> bytes | None:
-        fields = await self._call(MessageType.GET, (self._sid, key))
-        value: bytes | None = fields[0]
-        return value
+        value, self._version = await self._call(MessageType.GET, (self._sid, key))
+        return value  # type: ignore[no-any-return]
 
     async def get_range(
         self, begin: bytes, end: bytes, limit: int, reverse: bool
@@ -230,7 +227,7 @@ class RemoteSnapshot:
         rows: list[tuple[bytes, bytes]] = []
         while True:
             want = limit - len(rows) if limit else 0
-            more, *flat = await self._call(
+            more, self._version, *flat = await self._call(
                 MessageType.GET_RANGE, (self._sid, begin, end, want, reverse)
             )
             rows += zip(flat[::2], flat[1::2], strict=True)
@@ -246,15 +243,9 @@ class RemoteSnapshot:
             raise errors.TransactionTooOld("the snapshot was released")
         if not self._link.alive:
             raise errors.Unavailable("the connection this snapshot lived on was lost; retry")
-        # Sent without waiting for the open: the server queues it behind it.
-        try:
-            return await self._link.call(kind, fields)
-        except errors.ProtocolError:
-            if self._opened.done() and not self._opened.cancelled():
-                failure = self._opened.exception()
-                if failure is not None:
-                    raise failure from None
-            raise
+        # The server queues it behind the open; a failed open answers it
+        # with the open's error.
+        return await self._link.call(kind, fields)
 
     def release(self) -> None:
         if not self._released:
@@ -348,7 +339,7 @@ class RemoteEngine:
         )
         try:
             fields = await asyncio.wait_for(
-                link.call_now(MessageType.HELLO, (PROTOCOL_VERSION, self.token, "shale-python")),
+                link.start(MessageType.HELLO, (PROTOCOL_VERSION, self.token, "shale-python")),
                 settings.connect_timeout,
             )
         except BaseException:
@@ -394,12 +385,10 @@ class RemoteEngine:
     async def snapshot(self, version: int | None = None) -> EngineSnapshot:
         link = await self._connected()
         sid = next(link.snapshot_ids)
-        # Sent now, outside the in-flight slots (the server bounds open
-        # snapshots instead), so that a read sent next queues behind it.
-        opened = link.start(MessageType.OPEN, (sid, version), hold=True)
-        # A transaction that never reads never awaits it.
-        opened.add_done_callback(lambda f: f.cancelled() or f.exception())
-        return RemoteSnapshot(self, link, sid, opened)
+        # One-way and held for the first read's write: no frame of its own
+        # either way, and the read queues behind it on the server.
+        link.send(MessageType.OPEN, (sid, version))
+        return RemoteSnapshot(self, link, sid)
 
     async def commit(self, request: CommitRequest) -> CommitResult:
         link = await self._connected()

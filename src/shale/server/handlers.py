@@ -56,18 +56,18 @@ def _open(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
     opening = eager.start(conn.server.db.engine.snapshot(version))
     conn.snapshots[sid] = opening
 
+    # A failed open stays under its id until released, so that the reads
+    # sent behind it get its error rather than UNKNOWN_SNAPSHOT.
     def opened(future: asyncio.Future[EngineSnapshot]) -> None:
         if future.cancelled():
             return
         failure = future.exception()
-        if failure is None:
-            if request:
-                version = future.result().read_version
-                conn.send(MessageType.OPEN | REPLY, request, (version,), hold=True)
+        if not request:
             return
-        if conn.snapshots.get(sid) is future:
-            del conn.snapshots[sid]
-        if request:
+        if failure is None:
+            version = future.result().read_version
+            conn.send(MessageType.OPEN | REPLY, request, (version,), hold=True)
+        else:
             conn.error(request, error_of(failure), str(failure))
 
     if opening.done():
@@ -82,7 +82,8 @@ def _get(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
     key = fields[1]
 
     async def get() -> tuple[Any, ...]:
-        return (await (await opening).get(key),)
+        snapshot = await opening
+        return (await snapshot.get(key), snapshot.read_version)
 
     conn.spawn(MessageType.GET, request, get())
 
@@ -107,13 +108,23 @@ def _get_range(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
             if size >= budget:
                 break
         more = len(out) < 2 * len(rows) or (len(rows) == want and want != limit)
-        return (more, *out)
+        return (more, snapshot.read_version, *out)
 
     conn.spawn(MessageType.GET_RANGE, request, get_range())
 
 
 RANGE_ROWS = 4096
 """Rows one ``GET_RANGE`` reply reads at most; the client asks again for more."""
+
+
+def _version(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
+    check_fields(fields, int)
+    opening = conn.snapshot(fields[0])
+
+    async def version() -> tuple[Any, ...]:
+        return ((await opening).read_version,)
+
+    conn.spawn(MessageType.VERSION, request, version())
 
 
 def _release_handler(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
@@ -186,6 +197,7 @@ HANDLERS: dict[int, Callable[[Connection, int, tuple[Any, ...]], None]] = {
     MessageType.OPEN: _open,
     MessageType.GET: _get,
     MessageType.GET_RANGE: _get_range,
+    MessageType.VERSION: _version,
     MessageType.RELEASE: _release_handler,
     MessageType.COMMIT: _commit,
     MessageType.WATCH_FEED: _watch_feed,

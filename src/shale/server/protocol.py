@@ -72,6 +72,7 @@ class MessageType(enum.IntEnum):
     COMMIT = 0x14
     WATCH_FEED = 0x15
     WATCH_KEY = 0x16
+    VERSION = 0x17
     ERROR = 0x7F
 
 
@@ -312,20 +313,29 @@ def check_fields(fields: tuple[Any, ...], *kinds: type | tuple[type, ...]) -> No
 
 def encode_commit(snapshot: int, request: CommitRequest) -> tuple[Any, ...]:
     """The fields of a ``COMMIT`` frame. Feeds are not sent: the server's
-    own declarations decide what is logged."""
+    own declarations decide what is logged. Nor are the write conflicts
+    that the mutations imply, since the server derives those itself."""
     mutations: list[Any] = []
+    written = set()
     for kind, key, param in request.mutations:
         mutations += (int(kind), key, param)
+        if kind not in _NOT_KEYS:
+            written.add(key)
     return (
         snapshot,
         request.read_version,
         tuple(mutations),
         tuple(request.read_keys),
         _flat(request.read_ranges),
-        tuple(request.write_keys),
+        tuple(k for k in request.write_keys if k not in written),
         _flat(request.write_ranges),
         request.versionstamped,
     )
+
+
+_NOT_KEYS = frozenset({MutationType.CLEAR_RANGE, MutationType.SET_VERSIONSTAMPED_KEY})
+"""Mutations whose key is not the key they write: the server derives no
+write conflict on it, so the client must send one if it has it."""
 
 
 def _flat(ranges: Sequence[KeyRange]) -> tuple[bytes, ...]:

@@ -249,7 +249,9 @@ class Server:
 
 _DECLARING = frozenset({MutationType.SET, MutationType.CLEAR})
 
-_COUNTED = frozenset({MessageType.GET, MessageType.GET_RANGE, MessageType.COMMIT})
+_COUNTED = frozenset(
+    {MessageType.GET, MessageType.GET_RANGE, MessageType.VERSION, MessageType.COMMIT}
+)
 """Requests that hold a slot of ``max_in_flight`` until answered. Opens are
 bounded by ``max_snapshots``, watches by ``max_watches``; pings and
 releases are answered at once."""
