@@ -520,11 +520,14 @@ async def test_valid_frame_with_invalid_fields(
     await unharmed(env[1])
 
 
+WHY = " (never opened, released, or over max_snapshots)"
+
+
 async def test_get_on_an_unknown_snapshot(env: tuple[Server, shale.Database], authed: Raw) -> None:
     authed.send(MessageType.GET, 3, (42, b"k"))
-    await authed.refused(3, ErrorCode.UNKNOWN_SNAPSHOT, "GET: no open snapshot 42")
+    await authed.refused(3, ErrorCode.UNKNOWN_SNAPSHOT, "GET: no open snapshot 42" + WHY)
     authed.send(MessageType.COMMIT, 4, (42, 1, (0, b"evil", b"x"), (), (), (), (), False))
-    await authed.refused(4, ErrorCode.UNKNOWN_SNAPSHOT, "COMMIT: no open snapshot 42")
+    await authed.refused(4, ErrorCode.UNKNOWN_SNAPSHOT, "COMMIT: no open snapshot 42" + WHY)
     await authed.pings()
     await unharmed(env[1])
 
@@ -535,7 +538,7 @@ async def test_released_snapshot_is_unknown(
     await authed.call(MessageType.OPEN, 2, (1, None))
     await authed.call(MessageType.RELEASE, 3, (1,))
     authed.send(MessageType.GET, 4, (1, b"k"))
-    await authed.refused(4, ErrorCode.UNKNOWN_SNAPSHOT, "GET: no open snapshot 1")
+    await authed.refused(4, ErrorCode.UNKNOWN_SNAPSHOT, "GET: no open snapshot 1" + WHY)
     await unharmed(env[1])
 
 

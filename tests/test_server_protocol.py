@@ -325,3 +325,40 @@ async def test_a_refused_commit_releases_its_snapshot(server: Server) -> None:
     assert (await raw.recv())[2][0] == ErrorCode.INVERTED_RANGE
     connection = next(iter(server.connections))
     assert 7 not in connection.snapshots
+
+
+async def test_a_one_way_open_over_the_limit_keeps_the_connection(tmp_path: Path) -> None:
+    server = await serve(
+        f"sqlite:///{tmp_path}/db.sqlite", TOKEN, port=0, limits=Limits(max_snapshots=1)
+    )
+    try:
+        raw = await Raw.open(server)
+        raw.send(MessageType.OPEN, 0, (1, None))
+        raw.send(MessageType.OPEN, 0, (2, None))  # over the limit: dropped
+        raw.send(MessageType.GET, 5, (2, b"k"))
+        kind, request, (code, message) = await raw.recv()
+        assert (kind, request, code) == (MessageType.ERROR, 5, ErrorCode.UNKNOWN_SNAPSHOT)
+        assert "over max_snapshots" in message
+        raw.send(MessageType.GET, 6, (1, b"k"))
+        assert (await raw.recv())[:2] == (MessageType.GET | REPLY, 6)
+    finally:
+        await server.stop(drain=1.0)
+
+
+async def test_a_one_way_open_during_shutdown_keeps_running_commits(tmp_path: Path) -> None:
+    server = await serve(f"sqlite:///{tmp_path}/db.sqlite", TOKEN, port=0)
+    raw = await Raw.open(server)
+    commit = CommitRequest(-1, [(MutationType.SET, b"k", b"v")])
+    raw.send(MessageType.COMMIT, 10, encode_commit(0, commit))
+    await raw.writer.drain()
+    for _ in range(500):
+        if any(c.tasks for c in server.connections):
+            break
+        await asyncio.sleep(0)
+    stopping = asyncio.ensure_future(server.stop(drain=5.0))
+    await asyncio.sleep(0)
+    raw.send(MessageType.OPEN, 0, (1, None))
+    raw.send(MessageType.GET, 11, (1, b"k"))
+    replies = {(kind, request) for kind, request, _ in [await raw.recv(), await raw.recv()]}
+    assert replies == {(MessageType.COMMIT | REPLY, 10), (MessageType.ERROR, 11)}
+    await stopping

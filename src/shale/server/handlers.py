@@ -143,7 +143,10 @@ def _commit(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
             conn.release(fields[0])
         raise
     if sid and sid not in conn.snapshots:
-        raise FrameError(ErrorCode.UNKNOWN_SNAPSHOT, f"no open snapshot {sid}")
+        raise FrameError(
+            ErrorCode.UNKNOWN_SNAPSHOT,
+            f"no open snapshot {sid} (never opened, released, or over max_snapshots)",
+        )
 
     if sid:
         # The commit carries its read version; the snapshot's work is done.

@@ -474,7 +474,9 @@ class Connection(asyncio.Protocol):
             self._refuse(request, ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {kind:#x}")
             return
         if self.server._stopping and kind not in _HOUSEKEEPING:
-            self._refuse(request, ErrorCode.SHUTTING_DOWN, "server shutting down")
+            if kind != MessageType.OPEN or request:
+                self._refuse(request, ErrorCode.SHUTTING_DOWN, "server shutting down")
+            # A one-way open is dropped: the read behind it is refused too.
             return
         if request == 0 and kind in _ANSWERED:
             self.close(f"{MessageType(kind).name} needs a request id", ErrorCode.INVALID_FIELDS)
@@ -491,6 +493,12 @@ class Connection(asyncio.Protocol):
         try:
             handler(self, request, decode_body(body))
         except FrameError as exc:
+            if kind == MessageType.OPEN and exc.code == ErrorCode.TOO_MANY_REQUESTS:
+                # Not garbage, so not worth the connection even without an id:
+                # the reads sent behind it get UNKNOWN_SNAPSHOT, which says so.
+                if request:
+                    self.error(request, exc.code, f"OPEN: {exc}")
+                return
             self._refuse(request, exc.code, f"{MessageType(kind).name}: {exc}")
         except errors.ProtocolError as exc:
             self._refuse(request, ErrorCode.INVALID_FIELDS, f"{MessageType(kind).name}: {exc}")
@@ -557,7 +565,10 @@ class Connection(asyncio.Protocol):
     def snapshot(self, sid: object) -> asyncio.Future[EngineSnapshot]:
         task = self.snapshots.get(sid) if type(sid) is int else None
         if task is None:
-            raise FrameError(ErrorCode.UNKNOWN_SNAPSHOT, f"no open snapshot {sid!r}")
+            raise FrameError(
+                ErrorCode.UNKNOWN_SNAPSHOT,
+                f"no open snapshot {sid!r} (never opened, released, or over max_snapshots)",
+            )
         return task
 
     def release(self, sid: int) -> None:
