@@ -9,9 +9,10 @@ process by one asyncio task per client, each client with its own connection:
 * **Shale**: ``python -m shale serve`` as a subprocess on a free loopback
   port, on ``sqlite://`` (the default engine, fsync per commit), on
   ``sqlite://...?synchronous=normal`` (no fsync: atomic and safe from a
-  process crash, not from power loss) and on ``memory://``. Each client is its own ``shale.open("shale://...")``. The
-  transaction body is ``v = await tr.get(key); tr.set(key, v + 1)``, run by
-  ``db.run`` (``db.transact`` with the bound on retries raised, below).
+  process crash, not from power loss) and on ``memory://``. Each client is
+  its own ``shale.open("shale://...")``. The transaction body is
+  ``v = await tr.get(key); tr.set(key, v + 1)``, run by ``db.run``
+  (``db.transact`` with the bound on retries raised, below).
 * **Redis**: ``WATCH key; GET key; MULTI; SET key; EXEC``, retried on
   ``WatchError`` (redis-py's ``pipeline(transaction=True)``), one
   ``redis.asyncio`` client per task. Database number ``REDIS_DB`` whatever
