@@ -45,6 +45,7 @@ from shale import errors
 from shale import tuple as tuples
 from shale.core.database import FEED_DECLARATIONS, Database
 from shale.core.database import open as open_database
+from shale.core.idempotency import IDEMPOTENCY_RETENTION, sweep_idempotency_ids
 from shale.engines.base import CommitRequest, EngineSnapshot, Mutation, MutationType
 from shale.engines.feedlog import FeedSpec, decode_declaration
 from shale.server import eager
@@ -163,8 +164,6 @@ class Server:
         log.info("stopped")
 
     async def _sweep(self) -> None:
-        from shale.core.idempotency import IDEMPOTENCY_RETENTION, sweep_idempotency_ids
-
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
