@@ -6,77 +6,19 @@ from __future__ import annotations
 import asyncio
 import struct
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 import shale
 import shale.found as found
+from found_support import db, dump, le, opener, raises, url
 from shale.errors import (
     CommitUnknownResult,
-    ConflictError,
-    EngineError,
-    ReadOnlyError,
-    ShaleError,
 )
-from shale.found import errors as found_errors
-from shale.server import serve
 
-ENGINES = {"memory": "memory://", "sqlite": "sqlite:///{tmp}/found.db"}
-SERVED = "shale"
-"""found through ``shale serve``: a server in the test's loop over SQLite."""
-
-Opener = Callable[..., Awaitable[found.Database]]
-
-
-@pytest.fixture(params=sorted([*ENGINES, SERVED]))
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param != SERVED:
-        yield ENGINES[request.param].format(tmp=tmp_path)
-        return
-    server = await serve(f"sqlite:///{tmp_path}/served.db", "found-token", port=0)
-    try:
-        yield f"shale://:found-token@127.0.0.1:{server.port}"
-    finally:
-        await server.stop(drain=1.0)
-
-
-async def _purge(tx: found.Transaction) -> None:
-    await found.clear(tx, b"", b"\xff")
-
-
-@pytest.fixture
-async def opener(url: str) -> AsyncIterator[Opener]:
-    """Opens ``url`` like found's test helper: open, then clear everything."""
-    opened: list[found.Database] = []
-
-    async def open_db(**options: Any) -> found.Database:
-        db = await found.open(url, **options)
-        opened.append(db)
-        await found.transactional(db, _purge)
-        return db
-
-    yield open_db
-    for db in opened:
-        await found.close(db)
-
-
-@pytest.fixture
-async def db(opener: Opener) -> found.Database:
-    return await opener()
-
-
-async def _dump(db: found.Database) -> list[tuple[bytes, bytes]]:
-    async def scan(tx: found.Transaction) -> list[tuple[bytes, bytes]]:
-        return await found.all(found.query(tx, b"", b"\xff"))
-
-    return await found.transactional(db, scan)
-
-
-def _le(n: int) -> bytes:
-    return struct.pack("<q", n)
+__all__ = ["db", "opener", "url"]  # fixtures, imported for pytest to find
 
 
 # -- found's tests 1-3, 7-11: the tuple layer -----------------------------------
@@ -197,7 +139,7 @@ def test_pack_lexicographic_order(ordered: list[object]) -> None:
 async def test_transaction_context_manager_commit(db: found.Database) -> None:
     async with found.transaction(db) as tx:
         await found.set(tx, b"k", b"v")
-    assert await _dump(db) == [(b"k", b"v")]
+    assert await dump(db) == [(b"k", b"v")]
 
 
 async def test_transaction_context_manager_no_commit_on_exception(db: found.Database) -> None:
@@ -205,7 +147,7 @@ async def test_transaction_context_manager_no_commit_on_exception(db: found.Data
         async with found.transaction(db) as tx:
             await found.set(tx, b"k", b"v")
             raise RuntimeError("boom")
-    assert await _dump(db) == []
+    assert await dump(db) == []
 
 
 async def test_noop(db: found.Database) -> None:
@@ -366,9 +308,9 @@ async def test_clear_single_key(db: found.Database) -> None:
 
 
 async def test_atomic_add(db: found.Database) -> None:
-    await found.transactional(db, found.set, b"n", _le(0))
-    await found.transactional(db, found.add, b"n", _le(5))
-    assert await found.transactional(db, found.get, b"n") == _le(5)
+    await found.transactional(db, found.set, b"n", le(0))
+    await found.transactional(db, found.add, b"n", le(5))
+    assert await found.transactional(db, found.get, b"n") == le(5)
 
 
 def test_next_prefix_all_ff() -> None:
@@ -394,11 +336,11 @@ async def test_compare_and_clear(db: found.Database) -> None:
     await found.transactional(db, found.set, b"b", b"x")
     await found.transactional(db, found.compare_and_clear, b"a", b"x")
     await found.transactional(db, found.compare_and_clear, b"b", b"other")
-    assert await _dump(db) == [(b"b", b"x")]
+    assert await dump(db) == [(b"b", b"x")]
 
 
 async def test_database_set_option(db: found.Database) -> None:
-    found.database_set_option(db, 500, _le(5000))
+    found.database_set_option(db, 500, le(5000))
     assert db.options.timeout == 5.0
 
 
@@ -512,8 +454,8 @@ async def test_transactional_clears_vars_per_retry(db: found.Database) -> None:
 
 
 async def test_retry_limit_reached(db: found.Database) -> None:
-    found.database_set_option(db, 501, _le(3))
-    found.database_set_option(db, 502, _le(0))
+    found.database_set_option(db, 501, le(3))
+    found.database_set_option(db, 502, le(0))
     calls = 0
 
     async def always_conflicts(tx: found.Transaction) -> None:
@@ -527,7 +469,7 @@ async def test_retry_limit_reached(db: found.Database) -> None:
     assert info.value.code == 1020
     assert calls == 4  # the first attempt and 3 retries
     assert any("retry limit 3" in note for note in info.value.__notes__)
-    assert await _dump(db) == []
+    assert await dump(db) == []
 
 
 async def test_default_retry_limit_is_bounded(db: found.Database) -> None:
@@ -536,18 +478,18 @@ async def test_default_retry_limit_is_bounded(db: found.Database) -> None:
 
 
 async def test_retry_limit_minus_one_keeps_the_default(db: found.Database) -> None:
-    found.database_set_option(db, 501, _le(-1))
+    found.database_set_option(db, 501, le(-1))
     assert db.options.retry_limit == found.DEFAULT_RETRY_LIMIT
 
 
 async def test_transaction_retry_limit_option(db: found.Database) -> None:
-    found.database_set_option(db, 502, _le(0))
+    found.database_set_option(db, 502, le(0))
     calls = 0
 
     async def body(tx: found.Transaction) -> None:
         nonlocal calls
         calls += 1
-        found.set_option(tx, 501, _le(1))
+        found.set_option(tx, 501, le(1))
         raise found.FoundException(1007)
 
     with pytest.raises(found.FoundException) as info:
@@ -557,20 +499,20 @@ async def test_transaction_retry_limit_option(db: found.Database) -> None:
 
 
 async def test_real_conflicts_are_retried(db: found.Database) -> None:
-    await found.transactional(db, found.set, b"n", _le(0))
+    await found.transactional(db, found.set, b"n", le(0))
     attempts = 0
 
     async def increment(tx: found.Transaction) -> None:
         nonlocal attempts
         attempts += 1
-        (n,) = struct.unpack("<q", await found.get(tx, b"n") or _le(0))
+        (n,) = struct.unpack("<q", await found.get(tx, b"n") or le(0))
         if attempts == 1:
-            await found.transactional(db, found.set, b"n", _le(10))
-        await found.set(tx, b"n", _le(n + 1))
+            await found.transactional(db, found.set, b"n", le(10))
+        await found.set(tx, b"n", le(n + 1))
 
     await found.transactional(db, increment)
     assert attempts == 2
-    assert await found.transactional(db, found.get, b"n") == _le(11)
+    assert await found.transactional(db, found.get, b"n") == le(11)
 
 
 async def test_non_found_exceptions_propagate_without_retry(db: found.Database) -> None:
@@ -585,7 +527,7 @@ async def test_non_found_exceptions_propagate_without_retry(db: found.Database) 
     with pytest.raises(KeyError):
         await found.transactional(db, body)
     assert calls == 1
-    assert await _dump(db) == []
+    assert await dump(db) == []
 
 
 async def test_non_retryable_codes_propagate(db: found.Database) -> None:
@@ -608,7 +550,7 @@ async def test_on_error_resets_for_a_manual_retry_loop(db: found.Database) -> No
     await found.on_error(tx, 1020)
     await found.set(tx, b"kept", b"1")
     await found.commit(tx)
-    assert await _dump(db) == [(b"kept", b"1")]
+    assert await dump(db) == [(b"kept", b"1")]
     with pytest.raises(found.FoundException) as info:
         await found.on_error(tx, 2000)
     assert info.value.code == 2000
@@ -631,279 +573,7 @@ async def test_commit_unknown_result_is_retried(
     _recording_hooks(db, [], stats)
     await found.transactional(db, found.set, b"k", b"v")
     assert stats[0].retries == 1
-    assert await _dump(db) == [(b"k", b"v")]
-
-
-# -- every error code, provoked through the found API ---------------------------------
-
-
-async def _raises(code: int, action: Awaitable[Any]) -> found.FoundException:
-    with pytest.raises(found.FoundException) as info:
-        await action
-    assert info.value.code == code
-    assert isinstance(info.value.__cause__, ShaleError | None)
-    return info.value
-
-
-async def test_code_1020_not_committed(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    assert await found.get(tx, b"read") is None
-    await found.transactional(db, found.set, b"read", b"by another")
-    await found.set(tx, b"mine", b"1")
-    exc = await _raises(1020, found.commit(tx))
-    assert isinstance(exc.__cause__, ConflictError)
-    assert await _dump(db) == [(b"read", b"by another")]
-
-
-async def test_code_1007_transaction_too_old(opener: Opener) -> None:
-    db = await opener(max_transaction_age=0.05)
-    tx = found.make_transaction(db)
-    await found.get(tx, b"a")
-    await found.set(tx, b"mine", b"1")
-    await asyncio.sleep(0.1)
-    await _raises(1007, found.get(tx, b"b"))
-    await _raises(1007, found.commit(tx))
-    assert await _dump(db) == []
-
-
-@pytest.mark.parametrize(
-    ("error", "code"),
-    [
-        (CommitUnknownResult("reply lost"), 1021),
-        (ReadOnlyError("read-only file"), 2023),
-        (EngineError("disk on fire"), 4100),
-    ],
-)
-async def test_codes_of_engine_failures(
-    db: found.Database, monkeypatch: pytest.MonkeyPatch, error: ShaleError, code: int
-) -> None:
-    async def failing(request: Any) -> Any:
-        raise error
-
-    monkeypatch.setattr(db.pointer.engine, "commit", failing)
-    tx = found.make_transaction(db)
-    await found.set(tx, b"mine", b"1")
-    exc = await _raises(code, found.commit(tx))
-    assert exc.__cause__ is error
-    monkeypatch.undo()
-    assert await _dump(db) == []
-
-
-async def test_code_2102_key_too_large(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    await found.set(tx, b"before", b"1")
-    await _raises(2102, found.set(tx, b"k" * 10_001, b""))
-    await _raises(2102, found.commit(tx))  # the whole transaction is failed
-    assert await _dump(db) == []
-
-
-async def test_code_2103_value_too_large(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    await found.set(tx, b"before", b"1")
-    await _raises(2103, found.set(tx, b"k", b"v" * 100_001))
-    await _raises(2103, found.commit(tx))
-    assert await _dump(db) == []
-
-
-async def test_code_2101_transaction_too_large(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    with pytest.raises(found.FoundException) as info:
-        for i in range(101):
-            await found.set(tx, b"%03d" % i, b"v" * 100_000)
-    assert info.value.code == 2101
-    await _raises(2101, found.commit(tx))
-    assert await _dump(db) == []
-
-
-async def test_code_2004_key_outside_legal_range(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    await found.set(tx, b"before", b"1")
-    await _raises(2004, found.set(tx, b"\xff\x01", b"v"))
-    await _raises(2004, found.get(tx, b"\xff\x01"))
-    await _raises(2004, found.clear(tx, b"", b"\xff\x01"))
-    await _raises(2004, found.commit(tx))
-    assert await _dump(db) == []
-
-
-async def test_system_keys_option_allows_reads(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    found.set_option(tx, 302)
-    assert await found.get(tx, b"\xff\x01") is None
-    await found.on_error(tx, 1020)  # not a persistent option
-    await _raises(2004, found.get(tx, b"\xff\x01"))
-
-
-async def test_code_2005_inverted_range(db: found.Database) -> None:
-    async def body(tx: found.Transaction) -> None:
-        await found.set(tx, b"before", b"1")
-        await found.clear(tx, b"b", b"a")
-
-    await _raises(2005, found.transactional(db, body))
-    tx = found.make_transaction(db)
-    with pytest.raises(found.FoundException) as info:
-        found.add_conflict_range(tx, b"b", b"a", found.CONFLICT_RANGE_TYPE_READ)
-    assert info.value.code == 2005
-    assert await _dump(db) == []
-
-
-async def test_code_1036_accessed_unreadable(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    value = b"stamp:" + b"\x00" * 10 + struct.pack("<I", 6)
-    await found.set_versionstamped_value(tx, b"k", value)
-    await _raises(1036, found.get(tx, b"k"))
-    found.cancel(tx)
-    assert await _dump(db) == []
-
-
-async def test_code_1009_future_version(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    await found.set_read_version(tx, 10**12)
-    await _raises(1009, found.get(tx, b"k"))
-    found.cancel(tx)
-
-
-async def test_code_2010_read_version_already_set(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    version = await found.read_version(tx)
-    await _raises(2010, found.set_read_version(tx, version))
-    await _raises(2011, found.set_read_version(tx, -1))
-    found.cancel(tx)
-
-
-async def test_code_2017_used_during_commit(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    await found.set(tx, b"k", b"v")
-    await found.commit(tx)
-    await _raises(2017, found.set(tx, b"late", b"v"))
-    await _raises(2017, found.get(tx, b"k"))
-    await _raises(2017, found.commit(tx))
-    assert await _dump(db) == [(b"k", b"v")]
-    found.reset(tx)  # reusable after a reset, as in FoundationDB
-    assert await found.get(tx, b"k") == b"v"
-
-
-async def test_code_1025_transaction_cancelled(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    await found.set(tx, b"k", b"v")
-    found.cancel(tx)
-    await _raises(1025, found.get(tx, b"k"))
-    await _raises(1025, found.commit(tx))
-    assert await _dump(db) == []
-    found.reset(tx)
-    await found.set(tx, b"k", b"again")
-    await found.commit(tx)
-    assert await _dump(db) == [(b"k", b"again")]
-
-
-async def test_code_2000_client_invalid_operation(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    await found.set(tx, b"before", b"1")
-    bad_offset = b"key" + struct.pack("<I", 200)
-    await _raises(2000, found.set_versionstamped_key(tx, bad_offset, b"v"))
-    with pytest.raises(found.FoundException) as info:
-        found.add_conflict_range(tx, b"a", b"b", 7)
-    assert info.value.code == 2000
-    with pytest.raises(found.FoundException) as info:
-        await found.all(found.query(tx, b"a", b"b", mode=99))
-    assert info.value.code == 2000
-    found.cancel(tx)
-    assert await _dump(db) == []
-
-
-async def test_code_2210_exact_mode_without_limits(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    await _raises(2210, found.all(found.query(tx, b"", b"\xff", mode=found.STREAMING_MODE_EXACT)))
-    found.cancel(tx)
-
-
-async def test_code_1031_transaction_timed_out(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    found.set_option(tx, 500, _le(10))
-    await found.set(tx, b"k", b"v")
-    await asyncio.sleep(0.05)
-    await _raises(1031, found.get(tx, b"k"))
-    await _raises(1031, found.commit(tx))
-    assert await _dump(db) == []
-
-
-async def test_database_timeout_is_not_retried(db: found.Database) -> None:
-    found.database_set_option(db, 500, _le(10))
-
-    async def slow(tx: found.Transaction) -> None:
-        await asyncio.sleep(0.05)
-        await found.set(tx, b"k", b"v")
-
-    await _raises(1031, found.transactional(db, slow))
-    assert db.options.timeout == 0.01
-
-
-async def test_codes_2006_2007_options(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    invalid_option: list[Callable[[], None]] = [
-        lambda: found.set_option(tx, 12345),
-        lambda: found.database_set_option(db, 12345),
-        lambda: found.set_option(tx, 503, _le(100)),  # size_limit: not supported
-    ]
-    invalid_value: list[Callable[[], None]] = [
-        lambda: found.set_option(tx, 500, b"\x01"),
-        lambda: found.set_option(tx, 500, None),
-        lambda: found.database_set_option(db, 501, _le(-2)),
-    ]
-    for calls, code in ((invalid_option, 2007), (invalid_value, 2006)):
-        for call in calls:
-            with pytest.raises(found.FoundException) as info:
-                call()
-            assert info.value.code == code
-    found.set_option(tx, 800, b"tag")  # a hint: accepted, no effect
-    found.cancel(tx)
-
-
-async def test_code_2021_no_commit_version(db: found.Database) -> None:
-    tx = found.make_transaction(db)
-    stamp = asyncio.ensure_future(found.get_versionstamp(tx))
-    await asyncio.sleep(0)
-    await found.get(tx, b"k")
-    await found.commit(tx)
-    await _raises(2021, stamp)
-
-
-async def test_code_2104_connection_string_invalid() -> None:
-    await _raises(2104, found.open("nosuchengine://x"))
-
-
-def test_found_exception_str_and_repr() -> None:
-    exc = found.FoundException(1020)
-    assert exc.code == 1020
-    assert str(exc) == "1020"
-    assert repr(exc) == (
-        "<FoundException not_committed: "
-        "transaction conflicted with another and did not commit (1020)>"
-    )
-    assert isinstance(exc, found.BaseFoundException)
-    assert not isinstance(exc, ShaleError)
-    assert found_errors.error_name(999_999) == "unknown_error"
-
-
-def test_every_shale_error_has_a_code() -> None:
-    """The seam maps the core's whole tree; only engine failures are internal.
-
-    Layer errors (defined in their layer modules) are translated by each
-    found layer facade into found's own layer exceptions, so they are not
-    held to FoundationDB codes here.
-    """
-    for cls in _subclasses(ShaleError):
-        if cls.__module__ != "shale.errors":
-            continue
-        code = found_errors.code_for(cls("x"))
-        assert code != 4100 or issubclass(cls, EngineError) or cls is ShaleError, cls
-        assert found_errors.error_name(code) != "unknown_error"
-
-
-def _subclasses(cls: type[ShaleError]) -> list[type[ShaleError]]:
-    out = [cls]
-    for sub in cls.__subclasses__():
-        out.extend(_subclasses(sub))
-    return out
+    assert await dump(db) == [(b"k", b"v")]
 
 
 # -- queries: direction, selectors, modes ---------------------------------------------
@@ -1000,7 +670,7 @@ async def test_snapshot_transaction_refuses_set(db: found.Database) -> None:
 
     with pytest.raises(AssertionError):
         await found.transactional(db, body, snapshot=True)
-    assert await _dump(db) == []
+    assert await dump(db) == []
 
 
 async def test_snapshot_reads_add_no_conflicts(db: found.Database) -> None:
@@ -1010,7 +680,7 @@ async def test_snapshot_reads_add_no_conflicts(db: found.Database) -> None:
     await found.transactional(db, found.set, b"k", b"other")
     await found.set(tx, b"mine", b"1")
     await found.commit(tx)
-    assert await _dump(db) == [(b"k", b"other"), (b"mine", b"1")]
+    assert await dump(db) == [(b"k", b"other"), (b"mine", b"1")]
 
 
 async def test_add_conflict_range(db: found.Database) -> None:
@@ -1020,7 +690,7 @@ async def test_add_conflict_range(db: found.Database) -> None:
     await found.transactional(db, found.set, b"b", b"other")
     await found.set(tx, b"mine", b"1")
     assert await found.get_approximate_size(tx) == 2 + len(b"mine") + 1
-    await _raises(1020, found.commit(tx))
+    await raises(1020, found.commit(tx))
 
 
 async def test_read_conflict_range_without_reads_commits(db: found.Database) -> None:
@@ -1029,7 +699,7 @@ async def test_read_conflict_range_without_reads_commits(db: found.Database) -> 
     found.add_conflict_range(tx, b"x", b"y", found.CONFLICT_RANGE_TYPE_WRITE)
     await found.set(tx, b"mine", b"1")
     await found.commit(tx)
-    assert await _dump(db) == [(b"mine", b"1")]
+    assert await dump(db) == [(b"mine", b"1")]
 
 
 # -- versionstamps, watches, versions ---------------------------------------------------
@@ -1046,7 +716,7 @@ async def test_get_versionstamp(db: found.Database) -> None:
     assert len(versionstamp) == 10
     version = found.get_committed_version(tx)
     assert versionstamp[:8] == version.to_bytes(8, "big")
-    ((stored, value),) = await _dump(db)
+    ((stored, value),) = await dump(db)
     assert value == b"entry"
     assert found.unpack(stored) == (b"log", found.Versionstamp(versionstamp, 1))
 
@@ -1055,7 +725,7 @@ async def test_get_versionstamp_after_commit_started(db: found.Database) -> None
     tx = found.make_transaction(db)
     await found.set(tx, b"k", b"v")
     await found.commit(tx)
-    await _raises(2017, found.get_versionstamp(tx))
+    await raises(2017, found.get_versionstamp(tx))
 
 
 async def test_versionstamp_of_a_conflicting_commit(db: found.Database) -> None:
@@ -1065,15 +735,15 @@ async def test_versionstamp_of_a_conflicting_commit(db: found.Database) -> None:
     await found.get(tx, b"k")
     await found.transactional(db, found.set, b"k", b"other")
     await found.set(tx, b"k", b"mine")
-    await _raises(1020, found.commit(tx))
-    await _raises(1020, stamp)
+    await raises(1020, found.commit(tx))
+    await raises(1020, stamp)
 
 
 async def test_watch_fails_when_the_transaction_is_reset(db: found.Database) -> None:
     tx = found.make_transaction(db)
     changed = await found.watch(tx, b"k")
     found.reset(tx)
-    await _raises(1025, changed)
+    await raises(1025, changed)
 
 
 async def test_cancelled_watch_stops_watching(db: found.Database) -> None:
