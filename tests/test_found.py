@@ -1,5 +1,6 @@
 """``shale.found``: found's own tests (numbered as in found-spec §4) on every
-built-in engine, then the facade's error codes, retry loop and edge cases."""
+built-in engine and through a server, then the facade's retry loop and edge
+cases. Its error codes are in ``test_found_errors.py``."""
 
 from __future__ import annotations
 
@@ -14,9 +15,7 @@ import pytest
 import shale
 import shale.found as found
 from found_support import db, dump, le, opener, raises, url
-from shale.errors import (
-    CommitUnknownResult,
-)
+from shale.errors import CommitUnknownResult
 
 __all__ = ["db", "opener", "url"]  # fixtures, imported for pytest to find
 
