@@ -1,5 +1,5 @@
 """The fixtures of ``shale.found``'s tests, shared by ``test_found.py`` and
-``test_found_errors.py``: every built-in engine, and a server."""
+``test_found_errors.py``: the engines of ``engine_urls``."""
 
 from __future__ import annotations
 
@@ -11,28 +11,18 @@ from typing import Any
 import pytest
 
 import shale.found as found
+from engine_urls import ENGINES, engine_url
 from shale.errors import ShaleError
-from shale.server import serve
 
-__all__ = ["ENGINES", "SERVED", "Opener", "db", "dump", "le", "opener", "raises", "url"]
-
-ENGINES = {"memory": "memory://", "sqlite": "sqlite:///{tmp}/found.db"}
-SERVED = "shale"
-"""found through ``shale serve``: a server in the test's loop over SQLite."""
+__all__ = ["Opener", "db", "dump", "le", "opener", "raises", "url"]
 
 Opener = Callable[..., Awaitable[found.Database]]
 
 
-@pytest.fixture(params=sorted([*ENGINES, SERVED]))
+@pytest.fixture(params=ENGINES)
 async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param != SERVED:
-        yield ENGINES[request.param].format(tmp=tmp_path)
-        return
-    server = await serve(f"sqlite:///{tmp_path}/served.db", "found-token", port=0)
-    try:
-        yield f"shale://:found-token@127.0.0.1:{server.port}"
-    finally:
-        await server.stop(drain=1.0)
+    async with engine_url(request.param, tmp_path, "found.db") as served:
+        yield served
 
 
 async def _purge(tx: found.Transaction) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 import shale
 import shale.found as found
+from engine_urls import ENGINES, engine_url
 from shale import tuple as tuples
 from shale.found import bstore as found_bstore
 from shale.found.transaction import TransactionOptions
@@ -31,18 +32,18 @@ from shale.layers.bstore import (
     UploadAbandoned,
 )
 
-ENGINES = {"memory": "memory://", "sqlite": "sqlite:///{tmp}/blobs.db"}
 PREFIX = (42,)
 MARKERS = {b"\x00": "meta", b"\x01": "hash", b"\x02": "chunk", b"\x03": "record"}
 MARKERS |= {b"\x04": "refs", b"\x05": "pending"}
 META_KEY = tuples.pack(((*PREFIX, b"\x00"),))
 
 
-@pytest.fixture(params=sorted(ENGINES))
+@pytest.fixture(params=ENGINES)
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[shale.Database]:
-    database = await shale.open(ENGINES[request.param].format(tmp=tmp_path))
-    yield database
-    await database.close()
+    async with engine_url(request.param, tmp_path, "blobs.db") as url:
+        database = await shale.open(url)
+        yield database
+        await database.close()
 
 
 @pytest.fixture

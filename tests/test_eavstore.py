@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import shale
 import shale.found as found
+from engine_urls import ENGINES, engine_url
 from shale import tuple as tuples
 from shale.found import eavstore as found_eav
 from shale.found.transaction import TransactionOptions
@@ -27,16 +28,16 @@ from shale.layers.eavstore import (
     UnpackableError,
 )
 
-ENGINES = {"memory": "memory://", "sqlite": "sqlite:///{tmp}/eav.db"}
 PREFIX = (42,)
 META_KEY = tuples.pack(((*PREFIX, b"\x00"),))
 
 
-@pytest.fixture(params=sorted(ENGINES))
+@pytest.fixture(params=ENGINES)
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[shale.Database]:
-    database = await shale.open(ENGINES[request.param].format(tmp=tmp_path))
-    yield database
-    await database.close()
+    async with engine_url(request.param, tmp_path, "eav.db") as url:
+        database = await shale.open(url)
+        yield database
+        await database.close()
 
 
 @pytest.fixture

@@ -17,19 +17,20 @@ from hypothesis import strategies as st
 
 import shale
 import shale.found as found
+from engine_urls import ENGINES, engine_url
 from shale import tuple as tuples
 from shale.found import nstore
 from shale.layers.nstore import NStore, NStoreError, Variable, var
 from shale.tuple import Versionstamp
 
-ENGINES = {"memory": "memory://", "sqlite": "sqlite:///{tmp}/nstore.db"}
 PREFIX = (42,)
 S, N, OBJ = var("s"), var("n"), var("o")
 
 
-@pytest.fixture(params=sorted(ENGINES))
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return ENGINES[request.param].format(tmp=tmp_path)
+@pytest.fixture(params=ENGINES)
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with engine_url(request.param, tmp_path, "nstore.db") as served:
+        yield served
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import shale
 import shale.found as found
+from engine_urls import ENGINES, engine_url
 from shale import tuple as tuples
 from shale.errors import ConflictError, FormatVersionError, ReadOnlyError, UsageError
 from shale.found import pstore as found_pstore
@@ -33,7 +34,6 @@ from shale.layers.pstore import (
     tokenize,
 )
 
-ENGINES = {"memory": "memory://", "sqlite": "sqlite:///{tmp}/pstore.db"}
 P = ("app", "search")
 
 PEACE = {
@@ -43,9 +43,10 @@ PEACE = {
 }
 
 
-@pytest.fixture(params=sorted(ENGINES))
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return ENGINES[request.param].format(tmp=tmp_path)
+@pytest.fixture(params=ENGINES)
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with engine_url(request.param, tmp_path, "pstore.db") as served:
+        yield served
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import shale
 import shale.found as found
+from engine_urls import ENGINES, engine_url
 from shale import tuple as tuples
 from shale.errors import ConflictError, FormatVersionError, ReadOnlyError, UsageError
 from shale.found import vnstore as fvn
@@ -32,14 +33,14 @@ from shale.layers.vnstore import (
 )
 from shale.tuple import Versionstamp
 
-ENGINES = {"memory": "memory://", "sqlite": "sqlite:///{tmp}/vnstore.db"}
 COLUMNS = ("uid", "key", "value")
 PREFIX = ("vn",)
 
 
-@pytest.fixture(params=sorted(ENGINES))
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return ENGINES[request.param].format(tmp=tmp_path)
+@pytest.fixture(params=ENGINES)
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with engine_url(request.param, tmp_path, "vnstore.db") as served:
+        yield served
 
 
 @pytest.fixture
