@@ -24,7 +24,7 @@
         ├── DatabaseLockedError        another process holds the database
         ├── FormatVersionError         the file was written by a newer Shale
         ├── ReadOnlyError              the database was opened read-only
-        ├── AuthenticationError        the server refused the token
+        ├── AuthenticationError        no token, a refused one, or a failed TLS check
         └── ProtocolError              the peer broke the wire protocol or a limit
 
 ``RetryableError`` is the only marker the retry loop looks at: anything else
@@ -170,7 +170,8 @@ class ReadOnlyError(EngineError):
 
 
 class AuthenticationError(EngineError):
-    """The server refused the token, or none was given."""
+    """No token was given, the server refused it, or the server failed TLS
+    verification. Not retried: retrying cannot fix it."""
 
 
 class ProtocolError(EngineError):
