@@ -362,3 +362,38 @@ async def test_a_one_way_open_during_shutdown_keeps_running_commits(tmp_path: Pa
     replies = {(kind, request) for kind, request, _ in [await raw.recv(), await raw.recv()]}
     assert replies == {(MessageType.COMMIT | REPLY, 10), (MessageType.ERROR, 11)}
     await stopping
+
+
+async def test_a_feed_watch_is_on_the_wire_before_next_change_returns(server: Server) -> None:
+    # The subscriber reads right after asking for the wake-up: the watch must
+    # reach the server first, or a commit between the read's snapshot and
+    # the watch's registration would wake no one.
+    db = await connect(server)
+    try:
+        await Feed("f", b"feed/").declare(db)
+        link = db.engine._link  # type: ignore[attr-defined]
+        woken = db.next_change("f")
+        kinds = [kind for _, kind in link.pending.values()]
+        assert MessageType.WATCH_FEED in kinds
+        await db.set(b"feed/x", b"v")
+        await asyncio.wait_for(woken, 5)
+    finally:
+        await db.close()
+
+
+async def test_the_server_registers_a_watch_before_the_next_frame(server: Server) -> None:
+    # A watch and a commit under the feed in one write: the commit must see
+    # the watch registered, whatever the server does with the watch later.
+    db = await connect(server)
+    try:
+        await Feed("f", b"feed/").declare(db)
+    finally:
+        await db.close()
+    raw = await Raw.open(server)
+    commit = CommitRequest(-1, [(MutationType.SET, b"feed/k", b"v")])
+    raw.writer.write(
+        frame(MessageType.WATCH_FEED, 7, ("f",))
+        + frame(MessageType.COMMIT, 8, encode_commit(0, commit))
+    )
+    replies = {(kind, request) for kind, request, _ in [await raw.recv(), await raw.recv()]}
+    assert replies == {(MessageType.WATCH_FEED | REPLY, 7), (MessageType.COMMIT | REPLY, 8)}
