@@ -397,3 +397,31 @@ async def test_the_server_registers_a_watch_before_the_next_frame(server: Server
     )
     replies = {(kind, request) for kind, request, _ in [await raw.recv(), await raw.recv()]}
     assert replies == {(MessageType.WATCH_FEED | REPLY, 7), (MessageType.COMMIT | REPLY, 8)}
+
+
+@pytest.mark.parametrize(
+    ("reply", "match"),
+    [
+        (frame(MessageType.HELLO | REPLY, 1, (2, "future", 1 << 20)), "not a protocol 1 HELLO"),
+        (b"\x00\x00\x00\x02!!", "bad frame"),
+    ],
+    ids=["another-version", "garbage"],
+)
+async def test_a_server_that_breaks_the_protocol_is_refused(reply: bytes, match: str) -> None:
+    # The client holds servers to the protocol too: a hostile or newer one
+    # gets a precise error, not a crash deep inside the engine.
+    async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(4096)
+        writer.write(reply)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    listener = await asyncio.start_server(impostor, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(shale.ProtocolError, match=match):
+            await shale.open(f"shale://127.0.0.1:{port}", token=TOKEN, connect_timeout=2)
+    finally:
+        listener.close()
+        await listener.wait_closed()

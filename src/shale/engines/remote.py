@@ -346,7 +346,12 @@ class RemoteEngine:
             if link.transport is not None:
                 link.transport.close()
             raise
-        _, _, max_frame, max_in_flight, idle, durable, persistent, old = fields
+        if len(fields) < 8 or fields[0] != PROTOCOL_VERSION:
+            if link.transport is not None:
+                link.transport.close()
+            raise errors.ProtocolError(f"not a protocol 1 HELLO reply: {fields!r:.200}")
+        # Later minor versions may append fields; these eight come first.
+        _, _, max_frame, max_in_flight, idle, durable, persistent, old = fields[:8]
         link.reader.max_frame = max_frame
         link.max_in_flight = max_in_flight
         self.capabilities = Capabilities(
