@@ -358,6 +358,20 @@ async def test_shale_serve_with_tls(certs: Certs) -> None:
             await asyncio.wait_for(shale.open(url, token=TOKEN), HANG)
 
 
+async def test_shale_serve_with_mutual_tls(certs: Certs, mutual: MutualCerts) -> None:
+    # The server's certificate from one CA, the clients' from another.
+    tls = ("--tls-cert", str(certs.cert), "--tls-key", str(certs.key))
+    async with shale_serve("--token", TOKEN, *tls, "--tls-client-ca", str(mutual.ca)) as port:
+        url = f"shale+tls://localhost:{port}"
+        client = {"cert": str(mutual.client_cert), "key": str(mutual.client_key)}
+        async with await shale.open(url, token=TOKEN, ca=str(certs.ca), **client) as db:
+            await round_trip(db)
+        with pytest.raises(shale.AuthenticationError, match="a client certificate is required"):
+            await asyncio.wait_for(
+                shale.open(url, token=TOKEN, ca=str(certs.ca), connect_timeout=60), HANG
+            )
+
+
 async def test_shale_serve_reads_the_token_file(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(f"{TOKEN}\nthe first line is the token\n")
@@ -375,8 +389,12 @@ async def test_shale_serve_reads_the_token_file(tmp_path: Path) -> None:
         (("--token-file", "{empty}"), "shale: the token file {empty} is empty"),
         (("--token", "t", "--tls-cert", "{empty}"), "shale: --tls-cert and --tls-key go together"),
         (("memory://", "--token", "t"), "shale: give a URL or --inmem, not both"),
+        (
+            ("--token", "t", "--tls-client-ca", "{empty}"),
+            "shale: --tls-client-ca needs --tls-cert and --tls-key",
+        ),
     ],
-    ids=["no-token", "empty-token-file", "cert-without-key", "url-and-inmem"],
+    ids=["no-token", "empty-token-file", "cert-without-key", "url-and-inmem", "client-ca-alone"],
 )
 def test_shale_serve_refuses_to_start(tmp_path: Path, args: tuple[str, ...], error: str) -> None:
     empty = tmp_path / "empty"
@@ -391,3 +409,67 @@ def test_shale_serve_refuses_to_start(tmp_path: Path, args: tuple[str, ...], err
     )
     assert done.returncode == 2
     assert done.stderr.splitlines() == [error.format(empty=empty)]
+
+
+@dataclass
+class MutualCerts:
+    ca: Path
+    client_cert: Path
+    client_key: Path
+    server_context: ssl.SSLContext
+
+
+@pytest.fixture(scope="module")
+def mutual(tmp_path_factory: pytest.TempPathFactory) -> MutualCerts:
+    """A server that requires client certificates from its own CA."""
+    authority = trustme.CA()
+    folder = tmp_path_factory.mktemp("mtls")
+    ca = folder / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca))
+    client = authority.issue_cert("client@example.com")
+    cert, key = folder / "client.pem", folder / "client.key"
+    for index, pem in enumerate(client.cert_chain_pems):
+        pem.write_to_path(str(cert), append=index > 0)
+    client.private_key_pem.write_to_path(str(key))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    authority.configure_trust(context)
+    context.verify_mode = ssl.CERT_OPTIONAL  # as `shale serve --tls-client-ca` sets it
+    return MutualCerts(ca, cert, key, context)
+
+
+@pytest.fixture
+async def mtls_server(mutual: MutualCerts) -> AsyncIterator[Server]:
+    running = await serve(
+        "memory://", TOKEN, port=0, ssl_context=mutual.server_context, limits=Limits()
+    )
+    yield running
+    await running.stop(drain=1.0)
+
+
+async def test_mutual_tls_with_a_client_certificate(
+    mtls_server: Server, mutual: MutualCerts
+) -> None:
+    url = f"shale+tls://localhost:{mtls_server.port}"
+    options = {"ca": str(mutual.ca), "cert": str(mutual.client_cert), "key": str(mutual.client_key)}
+    async with await shale.open(url, token=TOKEN, **options) as db:
+        await round_trip(db)
+
+
+async def test_mutual_tls_without_a_client_certificate_is_refused_at_once(
+    mtls_server: Server, mutual: MutualCerts
+) -> None:
+    url = f"shale+tls://localhost:{mtls_server.port}"
+    # A long connect_timeout: the refusal must not be retried until it runs out.
+    with pytest.raises(shale.AuthenticationError, match="a client certificate is required"):
+        await asyncio.wait_for(
+            shale.open(url, token=TOKEN, ca=str(mutual.ca), connect_timeout=60), HANG
+        )
+
+
+async def test_a_client_certificate_that_cannot_be_loaded(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(shale.UsageError, match="cannot load the client certificate"):
+        await shale.open("shale+tls://localhost:1", token=TOKEN, cert=str(missing))
+    with pytest.raises(shale.UsageError, match="key= needs cert="):
+        await shale.open("shale+tls://localhost:1", token=TOKEN, key=str(missing))

@@ -4,8 +4,9 @@
 from the ``token=`` option, the URL, or ``$SHALE_TOKEN``, in that order.
 Options: ``ca`` (a CA file to verify the server with; the system's by
 default), ``verify`` (``false`` to skip verification — for tests only),
-``server_hostname``, ``connect_timeout`` (seconds to keep trying to reach
-the server before ``Unavailable``; default 10).
+``server_hostname``, ``cert`` and ``key`` (a client certificate, for a
+server that requires one), ``connect_timeout`` (seconds to keep trying to
+reach the server before ``Unavailable``; default 10).
 
 One connection per engine carries every transaction's requests, pipelined.
 Snapshots live on the server: opening one is a one-way message sent ahead
@@ -90,6 +91,11 @@ class _Link(asyncio.Protocol):
         self.writer.transport = self.transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
+            # A TLS alert (the server wants a client certificate, or refused
+            # ours) is not transient: retrying would only wait out the timeout.
+            self._fail(errors.AuthenticationError(f"the server refused TLS: {exc.reason}"))
+            return
         self._fail(errors.Unavailable(f"lost the connection to the server: {exc or 'closed'}"))
 
     def pause_writing(self) -> None:
@@ -315,6 +321,11 @@ class RemoteEngine:
                     f"{exc.verify_message} (is ca= the CA that signed its certificate?)"
                 ) from exc
             except (OSError, errors.Unavailable, TimeoutError) as exc:
+                if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
+                    host, port = self.address
+                    raise errors.AuthenticationError(
+                        f"the server at {host}:{port} refused TLS: {exc.reason}"
+                    ) from exc
                 if loop.time() + delay > deadline:
                     host, port = self.address
                     raise errors.Unavailable(
@@ -524,6 +535,14 @@ def _parse(url: str, options: Mapping[str, object]) -> tuple[tuple[str, int], by
 def _ssl_context(options: Mapping[str, object]) -> ssl.SSLContext:
     ca = options.get("ca")
     context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    cert, key = options.get("cert"), options.get("key")
+    if key and not cert:
+        raise errors.UsageError("key= needs cert=, the client certificate it belongs to")
+    if cert:
+        try:
+            context.load_cert_chain(str(cert), str(key) if key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise errors.UsageError(f"cannot load the client certificate {cert}: {exc}") from None
     verify = str(options.get("verify", "true")).lower()
     if verify in _FALSE:
         context.check_hostname = False

@@ -43,6 +43,11 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     parser.add_argument("--tls-cert", type=Path, help="certificate chain (PEM) for TLS")
     parser.add_argument("--tls-key", type=Path, help="private key (PEM) for TLS")
     parser.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="also require a client certificate signed by this CA (PEM): mutual TLS",
+    )
+    parser.add_argument(
         "--handshake-timeout",
         type=float,
         default=_DEFAULTS.handshake_timeout,
@@ -76,10 +81,17 @@ def _ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     if not args.tls_cert:
+        if args.tls_client_ca:
+            raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_ca:
+        context.load_verify_locations(cafile=str(args.tls_client_ca))
+        # Optional at the TLS layer, required by the server: a client
+        # without one is told so (AUTHENTICATION) rather than reset.
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
 

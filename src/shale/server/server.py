@@ -298,6 +298,17 @@ class Connection(asyncio.Protocol):
         if self.server._stopping:
             self.close("server shutting down", ErrorCode.SHUTTING_DOWN)
             return
+        context = self.server.ssl_context
+        if (
+            context is not None
+            and context.verify_mode is not ssl.CERT_NONE
+            and not transport.get_extra_info("peercert")
+        ):
+            # CERT_OPTIONAL lets the handshake finish without one, so that
+            # the client hears why, instead of a reset it would retry.
+            log.warning("%s refused: no client certificate", self.peer)
+            self.close("a client certificate is required", ErrorCode.AUTHENTICATION)
+            return
         if len(self.server.connections) >= self.limits.max_connections:
             log.warning("%s refused: %d connections open", self.peer, len(self.server.connections))
             self.close("too many connections", ErrorCode.TOO_MANY_CONNECTIONS)
