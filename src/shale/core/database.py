@@ -105,23 +105,16 @@ class Database:
 
         ``retries``: how many times to retry after the first attempt.
         ``idempotent``: on an engine without ``unknown_results``, also retry
-        ``CommitUnknownResult``, where the commit may already have been
-        applied; only safe if running ``fn`` twice is.
+        ``CommitUnknownResult``; only safe if running ``fn`` twice is.
 
-        Commits with unknown results: on an engine whose
-        ``capabilities.unknown_results`` is set (a reply can be lost on the
-        network), ``run`` draws one idempotency id per call and every
-        attempt's commit also records it (``shale.core.idempotency``). After
-        a ``CommitUnknownResult`` it retries, whatever ``idempotent`` says;
-        the retry first reads the id: if it is there, the lost commit was
-        applied and ``run`` returns that attempt's result without running
-        ``fn`` again. If several commits in a row end unknown, the result of
-        the latest is returned: every attempt runs the same body, so any of
-        them stands for the one that was applied. Attempts of one ``run``
-        conflict on the id, so at most one of them is ever applied. Ids are
-        kept ``IDEMPOTENCY_RETENTION`` seconds (``sweep_idempotency_ids``);
-        after ``IDEMPOTENCY_TRUSTED`` seconds (one minute) a ``run()`` no
-        longer retries an unknown result but raises it. Other engines write no id and pay nothing.
+        On an engine with ``capabilities.unknown_results`` (a reply can be
+        lost on the network) every attempt's commit records one id per
+        ``run`` (``shale.core.idempotency``), so an unknown result is
+        retried whatever ``idempotent`` says: the retry reads the id first,
+        and returns the lost attempt's result if it was applied. Attempts
+        conflict on the id, so at most one is applied; after
+        ``IDEMPOTENCY_TRUSTED`` seconds the unknown result is raised
+        instead. docs/semantics.md has the details.
         """
         if retries < 0:
             raise UsageError(f"retries must be >= 0, not {retries}")
