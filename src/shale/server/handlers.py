@@ -32,7 +32,7 @@ def release_snapshot(task: asyncio.Future[EngineSnapshot]) -> None:
         task.result().release()
 
 
-# -- handlers: check the fields now, do the work in a task --------------------
+# -- handlers: check the fields now, then do the work (a task only if it waits) --
 
 
 def _ping(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
@@ -61,7 +61,7 @@ def _open(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
     def opened(future: asyncio.Future[EngineSnapshot]) -> None:
         if future.cancelled():
             return
-        failure = future.exception()
+        failure = future.exception()  # retrieved even when nobody is told
         if not request:
             return
         if failure is None:
@@ -177,9 +177,10 @@ def _watch_key(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
 def _watch(
     conn: Connection, kind: int, request: int, future: asyncio.Future[None], own: bool
 ) -> None:
-    """Answer ``request`` when ``future`` resolves. The future may be shared
-    with other watchers (a feed's), so the connection only ever removes its
-    own callback from it, never cancels it."""
+    """Answer ``request`` when ``future`` resolves. A feed's future is shared
+    with other watchers, so a closing connection only removes its callback
+    from it; a key watch's future is the connection's ``own``, and is
+    cancelled with it."""
     if request == 0 or request in conn.watches:
         raise errors.ProtocolError("a watch needs a request id of its own")
     if len(conn.watches) >= conn.limits.max_watches:
