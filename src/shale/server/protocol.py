@@ -170,7 +170,8 @@ class Limits:
     max_frame: int = 16 << 20
     """Largest frame either side accepts: a 10 MB transaction plus framing."""
     max_in_flight: int = 256
-    """Requests per connection awaiting a reply; more are refused."""
+    """``GET``, ``GET_RANGE``, ``VERSION`` and ``COMMIT`` requests per
+    connection awaiting a reply; more are refused with ``TOO_MANY_REQUESTS``."""
     max_connections: int = 1024
     max_snapshots: int = 10_000
     """Snapshots one connection may hold open (one per live transaction)."""
@@ -195,7 +196,9 @@ def frame(kind: int, request: int, fields: Sequence[Any]) -> bytes:
 
 
 class FrameError(errors.ProtocolError):
-    """A frame length that ends the connection, with the code to send."""
+    """A refusal that carries its own code: a bad frame length (which ends
+    the connection), or a limit or unknown snapshot (which answers the
+    request)."""
 
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
