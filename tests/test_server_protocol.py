@@ -73,6 +73,26 @@ class Raw:
         await self.writer.wait_closed()
 
 
+async def commits_waiting(server: Server) -> None:
+    """Until the server has commits waiting on the engine."""
+    for _ in range(500):
+        if any(c.tasks for c in server.connections):
+            return
+        await asyncio.sleep(0)
+
+
+async def stop_during_a_commit(server: Server, raw: Raw) -> asyncio.Future[None]:
+    """Send a commit (request 10), and start stopping the server while the
+    engine has it; the future of the stop."""
+    commit = CommitRequest(-1, [(MutationType.SET, b"k", b"v")])
+    raw.send(MessageType.COMMIT, 10, encode_commit(0, commit))
+    await raw.writer.drain()
+    await commits_waiting(server)
+    stopping = asyncio.ensure_future(server.stop(drain=5.0))
+    await asyncio.sleep(0)
+    return stopping
+
+
 async def test_a_client_that_does_not_read_has_its_frames_held(tmp_path: Path) -> None:
     # 1 MB replies to 200 pipelined range reads that are never read: the
     # server stops taking frames off the socket once it cannot write, so it
@@ -141,10 +161,7 @@ async def test_every_request_sent_before_shutdown_is_answered(tmp_path: Path) ->
         commit = CommitRequest(-1, [(MutationType.SET, b"k%d" % request, b"v")])
         raw.send(MessageType.COMMIT, request, encode_commit(0, commit))
     await raw.writer.drain()
-    for _ in range(500):  # until the server has commits waiting on the engine
-        if any(c.tasks for c in server.connections):
-            break
-        await asyncio.sleep(0)
+    await commits_waiting(server)
     stopping = asyncio.ensure_future(server.stop(drain=0.0))
     answered: dict[int, tuple[Any, ...]] = {}
     final = None
@@ -269,15 +286,7 @@ async def test_watches_do_not_hold_back_requests(tmp_path: Path) -> None:
 async def test_a_release_during_shutdown_does_not_cut_running_commits(tmp_path: Path) -> None:
     server = await serve(f"sqlite:///{tmp_path}/db.sqlite", TOKEN, port=0)
     raw = await Raw.open(server)
-    commit = CommitRequest(-1, [(MutationType.SET, b"k", b"v")])
-    raw.send(MessageType.COMMIT, 10, encode_commit(0, commit))
-    await raw.writer.drain()
-    for _ in range(500):
-        if any(c.tasks for c in server.connections):
-            break
-        await asyncio.sleep(0)
-    stopping = asyncio.ensure_future(server.stop(drain=5.0))
-    await asyncio.sleep(0)
+    stopping = await stop_during_a_commit(server, raw)
     raw.send(MessageType.RELEASE, 0, (99,))
     raw.send(MessageType.PING, 11, ())
     replies = {(kind, request) for kind, request, _ in [await raw.recv(), await raw.recv()]}
@@ -348,15 +357,7 @@ async def test_a_one_way_open_over_the_limit_keeps_the_connection(tmp_path: Path
 async def test_a_one_way_open_during_shutdown_keeps_running_commits(tmp_path: Path) -> None:
     server = await serve(f"sqlite:///{tmp_path}/db.sqlite", TOKEN, port=0)
     raw = await Raw.open(server)
-    commit = CommitRequest(-1, [(MutationType.SET, b"k", b"v")])
-    raw.send(MessageType.COMMIT, 10, encode_commit(0, commit))
-    await raw.writer.drain()
-    for _ in range(500):
-        if any(c.tasks for c in server.connections):
-            break
-        await asyncio.sleep(0)
-    stopping = asyncio.ensure_future(server.stop(drain=5.0))
-    await asyncio.sleep(0)
+    stopping = await stop_during_a_commit(server, raw)
     raw.send(MessageType.OPEN, 0, (1, None))
     raw.send(MessageType.GET, 11, (1, b"k"))
     replies = {(kind, request) for kind, request, _ in [await raw.recv(), await raw.recv()]}
