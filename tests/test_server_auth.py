@@ -473,3 +473,36 @@ async def test_a_client_certificate_that_cannot_be_loaded(tmp_path: Path) -> Non
         await shale.open("shale+tls://localhost:1", token=TOKEN, cert=str(missing))
     with pytest.raises(shale.UsageError, match="key= needs cert="):
         await shale.open("shale+tls://localhost:1", token=TOKEN, key=str(missing))
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "error", "message"),
+    [
+        ("shale://127.0.0.1:99999", {}, shale.EngineError, "'127.0.0.1:99999' has an invalid port"),
+        ("shale://:secret@:7480", {}, shale.EngineError, "shale://:7480 names no host"),
+        ("shale://127.0.0.1", {"token": 42}, shale.UsageError, "the token is a str, not int"),
+        (
+            "shale://127.0.0.1",
+            {"connect_timeout": "soon"},
+            shale.UsageError,
+            "connect_timeout must be a positive number of seconds, not 'soon'",
+        ),
+        (
+            "shale://127.0.0.1",
+            {"connect_timeout": "nan"},
+            shale.UsageError,
+            "connect_timeout must be a positive number of seconds, not 'nan'",
+        ),
+        ("shale://127.0.0.1", {"connect_timeout": 0}, shale.UsageError, "not 0"),
+        ("shale+tls://127.0.0.1", {"verify": "maybe"}, shale.UsageError, "verify is true or false"),
+    ],
+    ids=["port", "no-host", "token-type", "timeout-text", "timeout-nan", "timeout-zero", "verify"],
+)
+async def test_a_bad_url_or_option_is_refused_before_connecting(
+    url: str, options: dict[str, object], error: type[Exception], message: str
+) -> None:
+    # Nothing listens on these: an attempt to connect would fail differently.
+    with pytest.raises(error) as refused:
+        await shale.open(url, token=options.pop("token", TOKEN), **options)
+    assert message in str(refused.value)
+    assert "secret" not in str(refused.value)

@@ -426,3 +426,22 @@ async def test_a_server_that_breaks_the_protocol_is_refused(reply: bytes, match:
     finally:
         listener.close()
         await listener.wait_closed()
+
+
+async def test_transactions_leave_no_snapshot_open_on_the_server(server: Server) -> None:
+    # A commit names its snapshot and the client sends no RELEASE after it:
+    # the server must release it, or every transaction would leak one.
+    db = await connect(server)
+    try:
+
+        async def bump(tr: shale.Transaction) -> None:
+            tr.set(b"n", b"%d" % int(await tr.get(b"n") or b"0"))
+
+        for _ in range(20):
+            await db.transact(bump)
+        for _ in range(20):
+            await db.get(b"n")  # read-only: released with a RELEASE frame
+        await asyncio.sleep(0.05)  # the last RELEASE leaves on the next turn
+        assert [len(c.snapshots) for c in server.connections] == [0]
+    finally:
+        await db.close()

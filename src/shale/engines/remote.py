@@ -522,9 +522,15 @@ def _parse(url: str, options: Mapping[str, object]) -> tuple[tuple[str, int], by
         raise errors.UsageError(f"the token is a str, not {type(token).__name__}")
     context = _ssl_context(options) if scheme == "shale+tls" else None
     hostname = options.get("server_hostname")
-    timeout = float(str(options.get("connect_timeout", CONNECT_TIMEOUT)))
-    if timeout <= 0:
-        raise errors.UsageError(f"connect_timeout must be positive, not {timeout}")
+    raw = options.get("connect_timeout", CONNECT_TIMEOUT)
+    try:
+        timeout = float(str(raw))
+    except ValueError:
+        timeout = float("nan")
+    if not timeout > 0:  # also refuses nan
+        raise errors.UsageError(
+            f"connect_timeout must be a positive number of seconds, not {raw!r}"
+        )
     return (
         (host, port),
         token.encode() if isinstance(token, str) else token,
