@@ -7,7 +7,7 @@
     │   ├── ConflictError              a read was overwritten by a later commit
     │   ├── TransactionTooOld          the read version fell out of the MVCC window
     │   ├── CommitUnknownResult        the commit may or may not have happened
-    │   └── Unavailable                the server cannot be reached right now
+    │   └── Unavailable                the engine cannot serve this right now (down, at a limit)
     ├── LimitError                     a documented limit was breached; nothing written
     │   ├── KeyTooLarge
     │   ├── ValueTooLarge
@@ -17,12 +17,14 @@
     │   ├── InvertedRange
     │   ├── TransactionStateError      used after commit, reset or close
     │   ├── ReadVersionError           read version set twice, or in the future
-    │   └── AccessedUnreadable         reading a key a versionstamp op will write
+    │   ├── AccessedUnreadable         reading a key a versionstamp op will write
+    │   └── DatabaseClosed             the database handle was closed
     └── EngineError                    the storage below failed or refused
         ├── HistoryLost                a feed cursor is older than the retained log
         ├── UnknownEngineError         no engine serves that URL scheme
         ├── DatabaseLockedError        another process holds the database
         ├── FormatVersionError         the file was written by a newer Shale
+        ├── ForeignDatabaseError       the file is not a Shale database; left untouched
         ├── ReadOnlyError              the database was opened read-only
         ├── AuthenticationError        no token, a refused one, or a failed TLS check
         └── ProtocolError              the peer broke the wire protocol or a limit
@@ -41,8 +43,10 @@ __all__ = [
     "AuthenticationError",
     "CommitUnknownResult",
     "ConflictError",
+    "DatabaseClosed",
     "DatabaseLockedError",
     "EngineError",
+    "ForeignDatabaseError",
     "FormatVersionError",
     "HistoryLost",
     "InvertedRange",
@@ -85,7 +89,8 @@ class CommitUnknownResult(RetryableError):
 
 
 class Unavailable(RetryableError):
-    """The engine could not be reached (a server is down or restarting).
+    """The engine cannot serve the request right now: a server is down,
+    restarting, or at one of its limits (connections, open snapshots).
 
     Nothing was committed: a commit whose request may have reached the
     server raises ``CommitUnknownResult`` instead."""
@@ -131,6 +136,10 @@ class AccessedUnreadable(UsageError):
     """A read touched a key or value that a versionstamp operation will write."""
 
 
+class DatabaseClosed(UsageError):
+    """The database was closed; open it again to go on."""
+
+
 class EngineError(ShaleError):
     """The storage engine failed or refused the operation."""
 
@@ -163,6 +172,12 @@ class DatabaseLockedError(EngineError):
 
 class FormatVersionError(EngineError):
     """The stored format is newer than this version of Shale can read."""
+
+
+class ForeignDatabaseError(EngineError):
+    """The file exists and holds data, but not a Shale database. Shale
+    refuses it without writing anything, so another program's file is
+    never taken over."""
 
 
 class ReadOnlyError(EngineError):
