@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from shale.engines.atomic import materialize
 from shale.engines.base import CommitRequest, CommitResult, KeyRange, Mutation, MutationType
 from shale.engines.feedlog import FeedSpec
-from shale.errors import ConflictError, TransactionTooOld
+from shale.errors import ConflictError, DatabaseClosed, TransactionTooOld
 
 __all__ = ["BatchItem", "GroupCommitter", "Resolver", "stamp_of"]
 
@@ -155,11 +155,14 @@ class GroupCommitter:
         self._apply = apply
         self._queue: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
         self.batches = 0
         """Engine writes so far; with ``commits``, shows how well commits group."""
         self.commits = 0
 
     async def commit(self, request: CommitRequest) -> CommitResult:
+        if self._closed:
+            raise DatabaseClosed("the database is closed; commit refused")
         future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(request, future))
         if self._flusher is None:
@@ -170,6 +173,12 @@ class GroupCommitter:
         """Wait until every queued commit is finished."""
         while self._flusher is not None:
             await asyncio.shield(self._flusher)
+
+    async def close(self) -> None:
+        """Refuse new commits with ``DatabaseClosed``, then let the queued
+        ones finish: a commit that was accepted is never dropped."""
+        self._closed = True
+        await self.drain()
 
     async def _flush(self) -> None:
         try:

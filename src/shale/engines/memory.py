@@ -176,7 +176,7 @@ class MemoryEngine:
         return await self._committer.commit(request)
 
     async def close(self) -> None:
-        await self._committer.drain()
+        await self._committer.close()
 
     def value_at(self, key: bytes, version: int) -> bytes | None:
         history = self._versions.get(key)
