@@ -330,13 +330,14 @@ class Transaction:
         local = self._local_keys(begin, end)
         if want_all and not local and not self._clears:
             rows = await snap.get_range(begin, end, limit, reverse)
-            limited = bool(limit) and len(rows) >= limit
-            self._add_scan_conflict(begin, end, rows[-1][0] if limited else None, reverse, snapshot)
+            if not snapshot:
+                last = rows[-1][0] if limit and len(rows) >= limit else None
+                self._read_ranges.append(_examined(begin, end, last, reverse))
             yield rows
             return
         merger = _Merger(self, local, reverse)
         low, high, produced, size = begin, end, 0, batch_size
-        last: bytes | None = None
+        conflict = -1  # where this scan's read range sits in _read_ranges
         while True:
             if want_all:
                 want = limit - produced if limit else 0
@@ -346,12 +347,21 @@ class Transaction:
             exhausted = not want or len(rows) < want
             batch = merger.merge(rows, exhausted, limit - produced if limit else 0)
             produced += len(batch)
-            if batch:
-                last = batch[-1][0]
-                yield batch
             limited = bool(limit) and produced >= limit
+            if not snapshot:
+                # Recorded before the batch is handed out, as FoundationDB
+                # does: a caller may stop iterating at any row (``break``),
+                # and the generator is then never resumed, so what it was
+                # given must already be a read conflict.
+                last = batch[-1][0] if limited else None if exhausted else rows[-1][0]
+                if conflict < 0:
+                    conflict = len(self._read_ranges)
+                    self._read_ranges.append(_examined(begin, end, last, reverse))
+                else:
+                    self._read_ranges[conflict] = _examined(begin, end, last, reverse)
+            if batch:
+                yield batch
             if exhausted or limited:
-                self._add_scan_conflict(begin, end, last if limited else None, reverse, snapshot)
                 return
             if reverse:
                 high = rows[-1][0]
@@ -360,20 +370,6 @@ class Transaction:
             size = min(size * 2, 16384)
             self._check_open()
             await self._acquire()  # a long stream must not outlive the age limit
-
-    def _add_scan_conflict(
-        self, begin: bytes, end: bytes, last: bytes | None, reverse: bool, snapshot: bool
-    ) -> None:
-        """Record the range a scan examined: all of it, or only up to ``last``
-        when a limit stopped it there."""
-        if snapshot:
-            return
-        if last is not None:
-            if reverse:
-                begin = last
-            else:
-                end = last + b"\x00"
-        self._read_ranges.append((begin, end))
 
     def _local_keys(self, begin: bytes, end: bytes) -> list[bytes]:
         if not self._writes:
@@ -768,6 +764,15 @@ class _Merger:
                 self._emit_local(local[self._next], None, out)
                 self._next += 1
         return out[:room] if room else out
+
+
+def _examined(begin: bytes, end: bytes, last: bytes | None, reverse: bool) -> KeyRange:
+    """The part of ``[begin, end)`` a scan depends on: all of it, or, when
+    it stopped at ``last`` (a limit, or more batches to come), the keys from
+    its start up to and including ``last``."""
+    if last is None:
+        return begin, end
+    return (last, end) if reverse else (begin, last + b"\x00")
 
 
 def _replay(ops: list[tuple[MutationType, bytes]], base: bytes | None) -> bytes | None:

@@ -311,6 +311,36 @@ class ConformanceSuite(FeedSuite):
         await db.set(b"k07", b"beyond the limit")
         await reader.commit()
 
+    @pytest.mark.parametrize("reverse", [False, True])
+    async def test_streamed_range_stopped_early_conflicts_on_what_it_saw(
+        self, db: Database, reverse: bool
+    ) -> None:
+        await _fill(db, 600)
+        for keep_iterator in (False, True):
+            reader = db.transaction()
+            stream = reader.get_range(b"k", b"l", reverse=reverse, batch_size=4)
+            iterator = aiter(stream)
+            seen_key, _ = await anext(iterator)
+            assert seen_key == (b"k99" if reverse else b"k00")
+            if not keep_iterator:
+                del iterator  # dropped, never resumed nor closed: the README's `break`
+            reader.set(b"out", b"x")
+            await db.set(seen_key, b"overwritten")
+            with pytest.raises(shale.ConflictError):
+                await reader.commit()
+
+    async def test_streamed_range_stopped_early_ignores_what_it_never_fetched(
+        self, db: Database
+    ) -> None:
+        await _fill(db, 100)
+        reader = db.transaction()
+        async for key, _ in reader.get_range(b"k", b"l", batch_size=4):
+            assert key == b"k00"
+            break
+        reader.set(b"out", b"x")
+        await db.set(b"k90", b"beyond what the stream fetched")
+        await reader.commit()
+
     async def test_snapshot_reads_do_not_conflict(self, db: Database) -> None:
         await db.set(b"x", b"1")
         tr = db.transaction()
