@@ -109,7 +109,7 @@ class ValueTooLarge(LimitError):
 
 
 class TransactionTooLarge(LimitError):
-    """The transaction's writes exceed the 10 MB limit."""
+    """The transaction's writes and conflict ranges exceed the 10 MB limit."""
 
 
 class UsageError(ShaleError):

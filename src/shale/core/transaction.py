@@ -250,13 +250,15 @@ class Transaction:
             snap = self._snapshot
             if snap is None or time.monotonic() - self._started > self._max_age:
                 snap = await self._acquire()
-            if not snapshot:
+            if not snapshot and key not in self._read_keys:
                 self._read_keys.add(key)
+                self._size += len(key)  # conflict ranges count, as in FoundationDB
             return await snap.get(key)
         if type(entry) is list:
             snap = await self._acquire()
-            if not snapshot:
+            if not snapshot and key not in self._read_keys:
                 self._read_keys.add(key)
+                self._size += len(key)
             return _replay(entry, await snap.get(key))
         if entry is _UNREADABLE:
             raise AccessedUnreadable(
@@ -333,6 +335,7 @@ class Transaction:
             if not snapshot:
                 last = rows[-1][0] if limit and len(rows) >= limit else None
                 self._read_ranges.append(_examined(begin, end, last, reverse))
+                self._size += len(begin) + len(end)
             yield rows
             return
         merger = _Merger(self, local, reverse)
@@ -357,6 +360,7 @@ class Transaction:
                 if conflict < 0:
                     conflict = len(self._read_ranges)
                     self._read_ranges.append(_examined(begin, end, last, reverse))
+                    self._size += len(begin) + len(end)
                 else:
                     self._read_ranges[conflict] = _examined(begin, end, last, reverse)
             if batch:
@@ -446,9 +450,7 @@ class Transaction:
     def _record(self, op: MutationType, key: bytes, param: bytes) -> None:
         self._size += len(key) + len(param)
         if self._size > MAX_TRANSACTION_SIZE:
-            self._fail(
-                TransactionTooLarge(f"the transaction's writes exceed {MAX_TRANSACTION_SIZE} bytes")
-            )
+            self._fail(self._too_large())
         self._mutations.append((op, key, param))
 
     def _put(self, key: bytes, entry: _Entry) -> None:
@@ -607,7 +609,9 @@ class Transaction:
 
     @property
     def approximate_size(self) -> int:
-        """Bytes of writes so far, as counted against the 10 MB limit."""
+        """Bytes counted against the 10 MB limit so far: as in FoundationDB,
+        the keys and values written plus the bounds of every read and
+        explicit write conflict range."""
         return self._size
 
     # -- conflicts -------------------------------------------------------
@@ -619,7 +623,18 @@ class Transaction:
         if begin > end:
             raise InvertedRange(f"conflict range begin {begin[:32]!r} sorts after its end")
         if begin < end:
+            self._count_conflict(begin, end)
             self._read_ranges.append((begin, end))
+
+    def _count_conflict(self, begin: bytes, end: bytes) -> None:
+        self._size += len(begin) + len(end)
+        if self._size > MAX_TRANSACTION_SIZE:
+            self._fail(self._too_large())
+
+    def _too_large(self) -> TransactionTooLarge:
+        return TransactionTooLarge(
+            f"the transaction's writes and conflict ranges exceed {MAX_TRANSACTION_SIZE} bytes"
+        )
 
     def add_read_conflict_key(self, key: bytes) -> None:
         self.add_read_conflict_range(key, key + b"\x00")
@@ -631,6 +646,7 @@ class Transaction:
         if begin > end:
             raise InvertedRange(f"conflict range begin {begin[:32]!r} sorts after its end")
         if begin < end:
+            self._count_conflict(begin, end)
             self._write_ranges.append((begin, end))
 
     def add_write_conflict_key(self, key: bytes) -> None:
@@ -694,6 +710,8 @@ class Transaction:
             # same run() lands after this read version, this commit must fail,
             # or a late landing of it would apply the body a second time.
             self._read_keys.add(idempotency_key(tag))
+        if self._size > MAX_TRANSACTION_SIZE:  # reads can pass it without a write noticing
+            raise self._too_large()
         if self._snapshot is None and (self._read_keys or self._read_ranges):
             await self._acquire()  # manual read conflicts need a version to check against
         if self._snapshot is not None and time.monotonic() - self._started > self._max_age:

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shale.engines.atomic import materialize
 from shale.engines.base import CommitRequest, CommitResult, KeyRange, Mutation, MutationType
+from shale.engines.conflicts import VersionMap, coalesce
 from shale.engines.feedlog import FeedSpec
 from shale.errors import ConflictError, DatabaseClosed, TransactionTooOld
 
@@ -34,35 +36,55 @@ MAX_BATCH = 1024
 """Transactions per batch; bounded so one batch's fsync cannot grow without limit."""
 
 
+TAIL = 32
+"""Recent batches kept as they came and checked one by one before their
+writes are folded into the ``VersionMap``: a batch that expires first (a
+bulk load on a quiet database) never pays for indexing its keys."""
+
+
 @dataclass(slots=True)
-class _Writes:
-    """The writes of one commit batch. Key sets are kept as the committed
-    transactions handed them over, not merged, so recording costs nothing
-    per key; a finished transaction never changes them again."""
+class _Batch:
+    """The writes of one recent commit batch: keys copied out of the
+    transactions (so their values are not kept alive), ranges as given."""
 
     version: int
-    at: float
-    key_sets: list[AbstractSet[bytes]] = field(default_factory=list)
-    ranges: list[KeyRange] = field(default_factory=list)
+    keys: set[bytes]
+    ranges: list[KeyRange]
     _sorted: list[bytes] | None = None
+    _spans: tuple[list[bytes], list[bytes]] | None = None
 
-    def sorted_keys(self) -> list[bytes]:
-        if self._sorted is None:
-            self._sorted = sorted(set().union(*self.key_sets))
-        return self._sorted
+    def add(self, keys: AbstractSet[bytes], ranges: Sequence[KeyRange]) -> None:
+        if keys:
+            self.keys.update(keys)
+            self._sorted = None
+        if ranges:
+            self.ranges.extend(ranges)
+            self._spans = None
 
-    def overlaps(self, request: CommitRequest) -> bool:
-        reads = request.read_keys
-        if reads and any(not keys.isdisjoint(reads) for keys in self.key_sets):
+    def overlaps(self, read_keys: AbstractSet[bytes], read_ranges: Sequence[KeyRange]) -> bool:
+        """Whether a read touches a write of this batch: a set intersection
+        for keys, bisections into sorted keys and coalesced ranges for the
+        rest, so many reads against many writes stay O(n log n)."""
+        if read_keys and not self.keys.isdisjoint(read_keys):
             return True
-        for begin, end in self.ranges:
-            if any(begin <= key < end for key in request.read_keys):
-                return True
-            if any(b < end and begin < e for b, e in request.read_ranges):
-                return True
-        if request.read_ranges and self.key_sets:
-            keys = self.sorted_keys()
-            for begin, end in request.read_ranges:
+        if self.ranges:
+            if self._spans is None:
+                spans = coalesce(self.ranges)
+                self._spans = [b for b, _ in spans], [e for _, e in spans]
+            begins, ends = self._spans
+            for key in read_keys:
+                i = bisect.bisect_right(begins, key) - 1
+                if i >= 0 and key < ends[i]:
+                    return True
+            for begin, end in read_ranges:
+                i = bisect.bisect_right(begins, begin) - 1
+                if (i >= 0 and begin < ends[i]) or bisect.bisect_left(begins, end) > i + 1:
+                    return True
+        if read_ranges and self.keys:
+            if self._sorted is None:
+                self._sorted = sorted(self.keys)
+            keys = self._sorted
+            for begin, end in read_ranges:
                 i = bisect.bisect_left(keys, begin)
                 if i < len(keys) and keys[i] < end:
                     return True
@@ -74,52 +96,90 @@ class Resolver:
 
     ``floor`` is the newest version whose writes were forgotten: a
     transaction reading at or below it can no longer be checked, so it is
-    too old.
+    too old. The newest ``TAIL`` batches are checked one by one; older
+    writes are folded into a ``VersionMap``, where a check costs a
+    bisection per read key or range however many commits happened since
+    the read version. Only keys are kept, never values.
     """
 
     def __init__(self, window: float, version: int = 0) -> None:
         self.window = window
         self.floor = version
-        self._history: deque[_Writes] = deque()
+        self._tail: deque[_Batch] = deque()
+        self._map = VersionMap()
+        self._folded = version
+        """The newest version folded into ``_map``."""
+        self._versions: deque[tuple[float, int]] = deque()
+        """``(time, version)`` of each recorded batch, oldest first: when
+        each version leaves the window."""
+        self._compacted = 0
 
     def check(self, request: CommitRequest) -> None:
         """Raise if ``request`` read anything written after its read version.
 
         A transaction that read nothing cannot conflict, however old.
         """
-        if not (request.read_keys or request.read_ranges):
+        read_keys, read_ranges = request.read_keys, request.read_ranges
+        if not (read_keys or read_ranges):
             return
-        if request.read_version < self.floor:
+        read_version = request.read_version
+        if read_version < self.floor:
             raise TransactionTooOld(
-                f"read version {request.read_version} is older than the "
+                f"read version {read_version} is older than the "
                 f"{self.window:g} s window (oldest checkable: {self.floor})"
             )
-        for writes in reversed(self._history):
-            if writes.version <= request.read_version:
-                break
-            if writes.overlaps(request):
-                raise ConflictError(
-                    "a key this transaction read was written by a transaction "
-                    f"that committed at version {writes.version}"
-                )
+        for batch in reversed(self._tail):
+            if batch.version <= read_version:
+                return
+            if batch.overlaps(read_keys, read_ranges):
+                raise _conflict(batch.version)
+        if self._folded > read_version:
+            version_at, max_over = self._map.version_at, self._map.max_over
+            for key in read_keys:
+                if (newest := version_at(key)) > read_version:
+                    raise _conflict(newest)
+            for begin, end in read_ranges:
+                if begin < end and (newest := max_over(begin, end)) > read_version:
+                    raise _conflict(newest)
 
     def record(self, version: int, keys: AbstractSet[bytes], ranges: Sequence[KeyRange]) -> None:
-        """Remember writes committed at ``version`` (added to its batch)."""
-        if self._history and self._history[-1].version == version:
-            writes = self._history[-1]
+        """Remember writes committed at ``version``, the newest so far."""
+        if self._tail and self._tail[-1].version == version:
+            self._tail[-1].add(keys, ranges)
+            return
+        self._versions.append((time.monotonic(), version))
+        self._tail.append(_Batch(version, set(keys), list(ranges)))
+        while len(self._tail) > TAIL:
+            self._fold(self._tail.popleft())
+
+    def _fold(self, batch: _Batch) -> None:
+        spans = [(key, key + b"\x00") for key in batch.keys]
+        if batch.ranges or len(spans) > 32:
+            self._map.assign_all(coalesce(itertools.chain(spans, batch.ranges)), batch.version)
         else:
-            writes = _Writes(version, time.monotonic())
-            self._history.append(writes)
-        if keys:
-            writes.key_sets.append(keys)
-            writes._sorted = None
-        writes.ranges.extend(ranges)
+            for begin, end in spans:
+                self._map.assign(begin, end, batch.version)
+        self._folded = batch.version
 
     def trim(self) -> None:
-        """Forget writes older than the window, raising ``floor``."""
+        """Forget writes older than the window, raising ``floor``. The map
+        is compacted when it has doubled since it last was, so compaction
+        costs a constant per write, amortized."""
         horizon = time.monotonic() - self.window
-        while self._history and self._history[0].at < horizon:
-            self.floor = self._history.popleft().version
+        while self._versions and self._versions[0][0] < horizon:
+            self.floor = self._versions.popleft()[1]
+        while self._tail and self._tail[0].version <= self.floor:
+            self._tail.popleft()
+        if len(self._map) > 2 * self._compacted + 1024:
+            self._map.compact(self.floor)
+            self._compacted = len(self._map)
+
+
+def _conflict(version: int) -> ConflictError:
+    return ConflictError(
+        "a key this transaction read was written by a transaction that committed "
+        f"at version {version}"
+    )
 
 
 BatchItem = tuple[Sequence[Mutation], Sequence[FeedSpec]]

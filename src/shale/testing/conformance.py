@@ -409,9 +409,29 @@ class ConformanceSuite(FeedSuite):
         with pytest.raises(shale.TransactionTooLarge):
             await tr.commit()
         assert await _scan(db) == []
+        await self._conflict_ranges_count_toward_the_limit(db)
         assert len(b"k" * 10_000) == 10_000
         await db.set(b"k" * 10_000, b"v" * 100_000)
         assert await db.get(b"k" * 10_000) == b"v" * 100_000
+
+    async def _conflict_ranges_count_toward_the_limit(self, db: Database) -> None:
+        """As in FoundationDB: 30,000 conflict ranges are cheap to resolve,
+        but 10 MB of them are refused before anything is sent."""
+        for add in ("add_read_conflict_range", "add_write_conflict_range"):
+            tr = db.transaction()
+            tr.set(b"small", b"write")
+            with pytest.raises(shale.TransactionTooLarge):
+                for i in range(1_000):
+                    getattr(tr, add)(b"%05d" % i + b"a" * 5_000, b"%05d" % i + b"b" * 5_000)
+            with pytest.raises(shale.TransactionTooLarge):
+                await tr.commit()
+        tr = db.transaction()
+        tr.set(b"small", b"write")
+        for i in range(1_100):
+            await tr.get(b"%05d" % i + b"r" * 9_990)
+        with pytest.raises(shale.TransactionTooLarge):
+            await tr.commit()
+        assert await _scan(db) == []
 
     async def test_bad_arguments(self, db: Database) -> None:
         tr = db.transaction()
