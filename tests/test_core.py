@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -221,3 +222,20 @@ async def test_a_stream_older_than_the_age_limit_fails() -> None:
             async for _ in stream:
                 pass
         tr.close()
+
+
+async def test_cleared_ranges_fire_exactly_the_watches_inside_them(db: shale.Database) -> None:
+    keys = [b"w%04d" % i for i in range(1_000)]
+    async with db.transaction() as tr:
+        for key in keys:
+            tr.set(key, b"1")
+    async with db.transaction() as tr:
+        watches = {key: tr.watch(key) for key in keys}
+    async with db.transaction() as tr:
+        for i in range(0, 1_000, 10):  # clears w0000-w0004, w0010-w0014, ...
+            tr.clear_range(b"w%04d" % i, b"w%04d" % (i + 5))
+    await asyncio.wait_for(asyncio.gather(*(w for k, w in watches.items() if k[-1] < ord("5"))), 5)
+    await asyncio.sleep(0.01)
+    assert not any(w.done() for k, w in watches.items() if k[-1] >= ord("5"))
+    await db.close()
+    assert all(w.cancelled() for k, w in watches.items() if k[-1] >= ord("5"))

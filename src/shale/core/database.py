@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -14,10 +16,11 @@ from shale.core.idempotency import IDEMPOTENCY_TRUSTED, idempotency_applied, new
 from shale.core.retry import Backoff, FullJitterBackoff
 from shale.core.transaction import Transaction
 from shale.engines.base import Engine, KeyRange
+from shale.engines.conflicts import coalesce
 from shale.engines.feedlog import FeedSpec, decode_declaration
 from shale.engines.options import window_option
 from shale.engines.registry import Registry, default_registry
-from shale.errors import CommitUnknownResult, RetryableError, UsageError
+from shale.errors import CommitUnknownResult, DatabaseClosed, RetryableError, UsageError
 from shale.keys import strinc
 
 __all__ = ["DEFAULT_URL", "Database", "open", "transactional"]
@@ -46,6 +49,12 @@ class Database:
         """Declared change feeds, by name; every commit carries them to the
         engine, which logs what it changed under their prefixes."""
         self._next_change: dict[str, asyncio.Future[None]] = {}
+        self._transactions: weakref.WeakSet[Transaction] = weakref.WeakSet()
+        """Open transactions, failed by ``close``; weak, so a transaction
+        dropped without ``close()`` does not stay here."""
+        self._watch_index: list[bytes] | None = None
+        """``_watches``' keys in order, for commits that clear ranges; rebuilt
+        on the next such commit after a watch is added or dropped."""
         self._closed = False
 
     def __repr__(self) -> str:
@@ -58,23 +67,36 @@ class Database:
         await self.close()
 
     async def close(self) -> None:
-        """Finish pending commits and release the engine; idempotent."""
+        """Finish the commits already under way and release the engine;
+        idempotent. Open transactions fail with ``DatabaseClosed``, watches
+        and feed waits are cancelled, and every later use of this handle or
+        its transactions raises ``DatabaseClosed``."""
         if self._closed:
             return
         self._closed = True
-        for watchers in self._watches.values():
-            for _, future in watchers:
-                if not future.done():
-                    future.cancel()
+        for tr in list(self._transactions):
+            tr._database_closed()
+        futures = [f for watchers in self._watches.values() for _, f in watchers]
+        for future in [*futures, *self._next_change.values(), *self._background]:
+            if not future.done():
+                future.cancel()
         self._watches.clear()
+        self._watch_index = None
+        self._next_change.clear()
         await self.engine.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DatabaseClosed(f"{self!r} is closed; open it again to go on")
 
     def transaction(self) -> Transaction:
         """A new transaction; ``async with db.transaction() as tr:`` commits it
         when the block ends cleanly and abandons it on an exception."""
         if self._closed:
-            raise UsageError("the database is closed")
-        return Transaction(self)
+            self._check_open()
+        tr = Transaction(self)
+        self._transactions.add(tr)
+        return tr
 
     create_transaction = transaction
 
@@ -175,6 +197,7 @@ class Database:
         subscribers wait on it, and sleep through unrelated commits. An
         engine whose commits come from other processes too (the remote
         engine) provides the future itself, from its server's pushes."""
+        self._check_open()
         pushed = getattr(self.engine, "next_change", None)
         if pushed is not None:
             remote: asyncio.Future[None] = pushed(feed)
@@ -209,6 +232,8 @@ class Database:
         if remote is not None:  # the server sees every client's commits
             remote(key, seen, future)
             return
+        if key not in self._watches:
+            self._watch_index = None
         self._watches.setdefault(key, []).append((seen, future))
         self._notify_watches((key,), ())
 
@@ -217,15 +242,23 @@ class Database:
         remaining = [entry for entry in self._watches.get(key, ()) if not entry[1].done()]
         if remaining:
             self._watches[key] = remaining
-        else:
-            self._watches.pop(key, None)
+        elif self._watches.pop(key, None) is not None:
+            self._watch_index = None
 
-    def _notify_watches(self, keys: Iterable[bytes], ranges: Iterable[KeyRange]) -> None:
+    def _notify_watches(self, keys: Iterable[bytes], ranges: Sequence[KeyRange]) -> None:
         if not self._watches:
             return
         touched = {k for k in keys if k in self._watches}
-        for begin, end in ranges:
-            touched.update(k for k in self._watches if begin <= k < end)
+        if ranges:
+            # Bisections into the watched keys: a commit clearing thousands
+            # of ranges under 100,000 watches must not take keys x ranges.
+            if self._watch_index is None:
+                self._watch_index = sorted(self._watches)
+            index = self._watch_index
+            for begin, end in coalesce(ranges):
+                touched.update(
+                    index[bisect.bisect_left(index, begin) : bisect.bisect_left(index, end)]
+                )
         if touched:
             task = asyncio.ensure_future(self._fire(touched))
             self._background.add(task)  # the loop keeps only weak references to tasks
@@ -246,8 +279,8 @@ class Database:
                         remaining.append((seen, future))
                 if remaining:
                     self._watches[key] = remaining
-                else:
-                    self._watches.pop(key, None)
+                elif self._watches.pop(key, None) is not None:
+                    self._watch_index = None
         finally:
             snap.release()
 

@@ -22,6 +22,7 @@ from shale.engines.atomic import MAX_VALUE_SIZE, apply_atomic
 from shale.engines.base import CommitRequest, EngineSnapshot, KeyRange, Mutation, MutationType
 from shale.errors import (
     AccessedUnreadable,
+    DatabaseClosed,
     InvertedRange,
     KeyOutsideLegalRange,
     KeyTooLarge,
@@ -158,7 +159,19 @@ class Transaction:
                 f"the transaction failed ({type(self._failure).__name__}); call reset() "
                 "or start a new transaction"
             )
+        if self._db._closed:
+            self._db._check_open()
         raise TransactionStateError("the transaction was closed")
+
+    def _database_closed(self) -> None:
+        """Fail the transaction because its database was closed. A commit
+        already under way is left to finish: the engine completes what it
+        accepted, and ``commit()`` reports it."""
+        if self._state not in (_State.OPEN, _State.FAILED):
+            return
+        self._state = _State.CLOSED
+        self._cancel_futures(DatabaseClosed("the database was closed"))
+        self._release()
 
     def close(self) -> None:
         """Abandon the transaction without committing; idempotent."""
@@ -171,6 +184,7 @@ class Transaction:
         """Discard everything and start over as a new transaction would."""
         if self._state is _State.COMMITTING:
             raise TransactionStateError("cannot reset a transaction while it commits")
+        self._db._check_open()
         self._cancel_futures(TransactionStateError("the transaction was reset"))
         self._release()
         self._reset_state()
@@ -193,6 +207,7 @@ class Transaction:
 
     async def _acquire(self) -> EngineSnapshot:
         if self._snapshot is None:
+            self._db._check_open()
             self._snapshot = await self._db.engine.snapshot(self._wanted_version)
             self._started = time.monotonic()
         elif time.monotonic() - self._started > self._max_age:

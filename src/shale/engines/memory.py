@@ -24,7 +24,7 @@ from shale.engines.base import (
 from shale.engines.feedlog import FeedCapture
 from shale.engines.local import BatchItem, GroupCommitter, Resolver, stamp_of
 from shale.engines.options import window_option
-from shale.errors import ReadVersionError, TransactionTooOld
+from shale.errors import DatabaseClosed, ReadVersionError, TransactionTooOld
 
 __all__ = ["MemoryEngine"]
 
@@ -120,6 +120,8 @@ class MemorySnapshot:
         self._released = False
 
     def _check(self) -> None:
+        if self._engine.closed:
+            raise DatabaseClosed("the memory engine was closed")
         if self._released or self.read_version < self._engine.floor:
             raise TransactionTooOld(
                 f"snapshot at version {self.read_version} is no longer readable"
@@ -152,6 +154,7 @@ class MemoryEngine:
         self._keys = SortedKeys()
         self._versions: dict[bytes, list[tuple[int, bytes | None]]] = {}
         self._tombstones = 0
+        self.closed = False
         self._committer = GroupCommitter(Resolver(window), self._apply, version=0)
 
     @classmethod
@@ -163,6 +166,8 @@ class MemoryEngine:
         return self._committer.resolver.floor
 
     async def snapshot(self, version: int | None = None) -> MemorySnapshot:
+        if self.closed:
+            raise DatabaseClosed("the memory engine was closed")
         latest = self._committer.version
         if version is None:
             return MemorySnapshot(self, latest)
@@ -176,6 +181,7 @@ class MemoryEngine:
         return await self._committer.commit(request)
 
     async def close(self) -> None:
+        self.closed = True
         await self._committer.close()
 
     def value_at(self, key: bytes, version: int) -> bytes | None:

@@ -596,6 +596,37 @@ class ConformanceSuite(FeedSuite):
         await db.set(b"w", b"2")
         await asyncio.wait_for(fired, 5)
 
+    async def test_use_after_close_raises_promptly(self, opener: Opener) -> None:
+        db = await opener()
+        await db.set(b"a", b"1")
+        reading = db.transaction()
+        assert await reading.get(b"a") == b"1"
+        reading.set(b"b", b"from a transaction open at close")
+        fresh = db.transaction()
+        fresh.set(b"c", b"from a transaction that never read")
+        async with db.transaction() as tr:
+            fired = tr.watch(b"a")
+        await db.close()
+        attempts: list[Callable[[], Awaitable[object]]] = [
+            reading.commit,
+            lambda: reading.get(b"a"),
+            fresh.commit,
+            lambda: db.get(b"a"),
+            lambda: db.set(b"d", b"1"),
+            lambda: db.transact(lambda tr: tr.get(b"a")),
+        ]
+        for attempt in attempts:
+            with pytest.raises(shale.DatabaseClosed):
+                await asyncio.wait_for(attempt(), 5)
+        with pytest.raises(shale.DatabaseClosed):
+            db.transaction()
+        with pytest.raises(shale.DatabaseClosed):
+            reading.reset()
+        assert fired.cancelled(), fired
+        if db.engine.capabilities.persistent:
+            db = await opener()
+            assert await _scan(db) == [(b"a", b"1")]
+
     async def test_durable_across_reopen(self, opener: Opener) -> None:
         db = await opener()
         if not db.engine.capabilities.persistent:
