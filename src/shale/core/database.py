@@ -11,13 +11,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-from shale import tuple as tuples
 from shale.core.idempotency import IDEMPOTENCY_TRUSTED, idempotency_applied, new_id
 from shale.core.retry import Backoff, FullJitterBackoff
 from shale.core.transaction import Transaction
 from shale.engines.base import Engine, KeyRange
 from shale.engines.conflicts import coalesce
-from shale.engines.feedlog import FeedSpec, decode_declaration
+from shale.engines.feedlog import DECLARATIONS, FeedSpec, decode_declaration
 from shale.engines.options import window_option
 from shale.engines.registry import Registry, default_registry
 from shale.errors import CommitUnknownResult, DatabaseClosed, RetryableError, UsageError
@@ -338,7 +337,7 @@ async def open(
     return db
 
 
-FEED_DECLARATIONS = b"\xff" + tuples.pack(("feeds",))
+FEED_DECLARATIONS = DECLARATIONS
 """``\\xff + pack(("feeds",))``: where feed declarations live (``shale.feeds``)."""
 
 

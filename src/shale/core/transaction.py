@@ -20,6 +20,7 @@ from shale.core.idempotency import idempotency_key, tag_commit
 from shale.core.selectors import KeySelector
 from shale.engines.atomic import MAX_VALUE_SIZE, apply_atomic
 from shale.engines.base import CommitRequest, EngineSnapshot, KeyRange, Mutation, MutationType
+from shale.engines.feedlog import check_system_write
 from shale.errors import (
     AccessedUnreadable,
     DatabaseClosed,
@@ -453,6 +454,12 @@ class Transaction:
                 )
             )
 
+    def _check_system(self, op: MutationType, key: bytes, param: bytes) -> None:
+        """Refuse a system write that would corrupt a feed's declaration or
+        state, before it is buffered (see ``check_system_write``)."""
+        if key >= SYSTEM_PREFIX and (problem := check_system_write(op, key, param)):
+            self._fail(UsageError(f"refused write to {key[:48]!r}: {problem}"))
+
     def _fail(self, error: ShaleError) -> None:
         """Poison the transaction so it can never commit, then raise.
 
@@ -482,6 +489,8 @@ class Transaction:
             self._check_write_key(key)
         if type(value) is not bytes or len(value) > MAX_VALUE_SIZE:
             self._check_value(value)
+        if key >= SYSTEM_PREFIX:
+            self._check_system(MutationType.SET, key, value)
         self._record(MutationType.SET, key, value)
         if key not in self._writes:
             self._sorted_writes = None
@@ -491,6 +500,7 @@ class Transaction:
         """Remove ``key`` if present."""
         self._check_open()
         self._check_write_key(key)
+        self._check_system(MutationType.CLEAR, key, b"")
         self._record(MutationType.CLEAR, key, b"")
         self._put(key, None)
 
@@ -519,6 +529,7 @@ class Transaction:
         self._check_open()
         self._check_write_key(key)
         self._check_value(param)
+        self._check_system(op, key, param)
         self._record(op, key, param)
         entry = self._writes.get(key, _MISSING)
         if entry is _MISSING:
@@ -607,6 +618,7 @@ class Transaction:
             raise TypeError(f"values are bytes, not {type(value).__name__}")
         self._check_stamp_offset(value, "value")
         self._check_value(value[:-4])
+        self._check_system(MutationType.SET_VERSIONSTAMPED_VALUE, key, value)
         self._record(MutationType.SET_VERSIONSTAMPED_VALUE, key, value)
         self._versionstamped = True
         self._put(key, _UNREADABLE)

@@ -36,6 +36,7 @@ from shale.errors import FormatVersionError
 from shale.keys import strinc
 
 __all__ = [
+    "DECLARATIONS",
     "DELETE",
     "FORMAT",
     "INSERT",
@@ -43,6 +44,7 @@ __all__ = [
     "CurrentState",
     "FeedCapture",
     "FeedSpec",
+    "check_system_write",
     "decode_declaration",
     "decode_entry",
     "encode_declaration",
@@ -126,6 +128,51 @@ def decode_declaration(value: bytes) -> FeedSpec:
 
 def feed_state_key(name: str) -> bytes:
     return SYSTEM + tuples.pack(("feed", name, "state"))
+
+
+DECLARATIONS = SYSTEM + tuples.pack(("feeds",))
+"""Where feed declarations live: ``DECLARATIONS + pack((name,))``."""
+_FEED_KEYS = SYSTEM + tuples.pack(("feed",))
+
+
+def check_system_write(op: MutationType, key: bytes, param: bytes) -> str | None:
+    """Why a write to the system keyspace would corrupt a feed, or ``None``.
+
+    Engines trust what they find under a feed's declaration and state keys
+    while they commit; a malformed one written there would fail every later
+    commit under the feed inside the engine. So those writes are checked
+    when they are made: declarations and states must decode, and neither
+    takes atomic operations.
+    """
+    if key.startswith(DECLARATIONS):
+        if op is MutationType.CLEAR:
+            return None
+        if op is not MutationType.SET:
+            return "feed declarations are written with set and clear only"
+        try:
+            (name,) = tuples.unpack(key, len(DECLARATIONS))
+            spec = decode_declaration(param)
+        except ValueError as exc:
+            return f"not a feed declaration: {exc}"
+        if spec.name != name:
+            return f"the declaration of feed {name!r} names {spec.name!r}"
+        return None
+    if not key.startswith(_FEED_KEYS):
+        return None
+    try:
+        parts = tuples.unpack(key, 1)
+    except ValueError:
+        return None
+    if len(parts) != 3 or parts[2] != "state" or not isinstance(parts[1], str):
+        return None
+    if op in (MutationType.CLEAR, MutationType.SET_VERSIONSTAMPED_VALUE):
+        return None
+    if op is not MutationType.SET:
+        return "a feed's state is written with set and clear only"
+    horizon = param[_COUNT.size :]
+    if len(param) < _COUNT.size or (horizon and not horizon.startswith(feed_log(parts[1]))):
+        return f"not a state of feed {parts[1]!r}: {param[:40]!r}"
+    return None
 
 
 class CurrentState(Protocol):

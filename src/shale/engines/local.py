@@ -28,9 +28,15 @@ from shale.engines.atomic import materialize
 from shale.engines.base import CommitRequest, CommitResult, KeyRange, Mutation, MutationType
 from shale.engines.conflicts import VersionMap, coalesce
 from shale.engines.feedlog import FeedSpec
-from shale.errors import ConflictError, DatabaseClosed, TransactionTooOld
+from shale.errors import (
+    ConflictError,
+    DatabaseClosed,
+    EngineError,
+    ShaleError,
+    TransactionTooOld,
+)
 
-__all__ = ["BatchItem", "GroupCommitter", "Resolver", "stamp_of"]
+__all__ = ["BatchItem", "GroupCommitter", "Resolver", "failed_in_engine", "stamp_of"]
 
 MAX_BATCH = 1024
 """Transactions per batch; bounded so one batch's fsync cannot grow without limit."""
@@ -185,9 +191,23 @@ def _conflict(version: int) -> ConflictError:
 BatchItem = tuple[Sequence[Mutation], Sequence[FeedSpec]]
 """One transaction of a batch: its mutations, and the feeds it must log to."""
 
-ApplyBatch = Callable[[int, list[BatchItem]], Awaitable[None]]
-"""Writes a batch (one item per transaction, in batch order) at a version.
-Transaction ``i`` of the batch has versionstamp ``(version, i)``."""
+ApplyBatch = Callable[[int, list[BatchItem]], Awaitable[list[Exception | None]]]
+"""Writes a batch (one item per transaction, in batch order) at a version,
+and returns one outcome per transaction: ``None`` if it was written, or
+why it failed, in which case none of its writes were kept (the others'
+were). Transaction ``i`` of the batch has versionstamp ``(version, i)``.
+Raising instead means nothing of the batch was written."""
+
+
+def failed_in_engine(exc: Exception) -> Exception:
+    """The error a transaction that failed while its batch was written gets:
+    Shale's own errors as they are, anything else as an ``EngineError``
+    naming what went wrong."""
+    if isinstance(exc, ShaleError):
+        return exc
+    error = EngineError(f"the commit failed while it was written, and was undone: {exc!r}")
+    error.__cause__ = exc
+    return error
 
 
 def stamp_of(version: int, order: int) -> bytes:
@@ -267,7 +287,7 @@ class GroupCommitter:
         if not accepted:
             return
         try:
-            await self._apply(version, writes)
+            outcomes = await self._apply(version, writes)
         except BaseException as exc:
             for pending, _ in accepted:
                 if not pending.future.done():
@@ -275,12 +295,17 @@ class GroupCommitter:
             if not isinstance(exc, Exception):
                 raise
             return
-        self.version = version
-        self.batches += 1
-        self.commits += len(accepted)
-        for pending, order in accepted:
-            if not pending.future.done():
+        if any(outcome is None for outcome in outcomes):
+            self.version = version
+            self.batches += 1
+        for (pending, order), outcome in zip(accepted, outcomes, strict=True):
+            if pending.future.done():
+                continue
+            if outcome is None:
+                self.commits += 1
                 pending.future.set_result(CommitResult(version, order))
+            else:
+                pending.future.set_exception(outcome)
 
     def _resolve_stamps(
         self, request: CommitRequest, version: int, order: int

@@ -22,7 +22,7 @@ from shale.engines.base import (
     MutationType,
 )
 from shale.engines.feedlog import FeedCapture
-from shale.engines.local import BatchItem, GroupCommitter, Resolver, stamp_of
+from shale.engines.local import BatchItem, GroupCommitter, Resolver, failed_in_engine, stamp_of
 from shale.engines.options import window_option
 from shale.errors import DatabaseClosed, ReadVersionError, TransactionTooOld
 
@@ -155,6 +155,9 @@ class MemoryEngine:
         self._versions: dict[bytes, list[tuple[int, bytes | None]]] = {}
         self._tombstones = 0
         self.closed = False
+        self._undo: dict[bytes, list[tuple[int, bytes | None]] | None] | None = None
+        """While a transaction is applied: each key's history before it wrote
+        the key (``None``: the key was new)."""
         self._committer = GroupCommitter(Resolver(window), self._apply, version=0)
 
     @classmethod
@@ -205,17 +208,43 @@ class MemoryEngine:
                     break
         return out
 
-    async def _apply(self, version: int, batch: list[BatchItem]) -> None:
+    async def _apply(self, version: int, batch: list[BatchItem]) -> list[Exception | None]:
         state = _Current(self, version)
+        outcomes: list[Exception | None] = []
         for order, (mutations, feeds) in enumerate(batch):
-            capture = FeedCapture(feeds, mutations, state) if feeds else None
-            for op, key, param in mutations:
-                self._apply_one(version, op, key, param)
-            if capture is not None:
-                for op, key, param in capture.finish(state, stamp_of(version, order)):
+            # Each transaction keeps an undo log, so one that fails half-way
+            # (a corrupt feed state, say) takes back its own writes and
+            # nobody else's: a commit reported failed is never applied.
+            self._undo = {}
+            tombstones = self._tombstones
+            try:
+                capture = FeedCapture(feeds, mutations, state) if feeds else None
+                for op, key, param in mutations:
                     self._apply_one(version, op, key, param)
+                if capture is not None:
+                    for op, key, param in capture.finish(state, stamp_of(version, order)):
+                        self._apply_one(version, op, key, param)
+            except Exception as exc:
+                self._roll_back(tombstones)
+                outcomes.append(failed_in_engine(exc))
+            else:
+                outcomes.append(None)
+        self._undo = None
         if self._tombstones > 1024 and self._tombstones * 2 > len(self._keys):
             self._sweep()
+        return outcomes
+
+    def _roll_back(self, tombstones: int) -> None:
+        assert self._undo is not None
+        for key, history in self._undo.items():
+            if history is None:
+                # Keys are never removed from ``_keys`` but by a sweep, so a
+                # key this transaction created stays as an old tombstone.
+                self._versions[key] = [(0, None)]
+                tombstones += 1
+            else:
+                self._versions[key] = history
+        self._tombstones = tombstones
 
     def _apply_one(self, version: int, op: MutationType, key: bytes, param: bytes) -> None:
         if op is MutationType.SET:
@@ -230,6 +259,9 @@ class MemoryEngine:
 
     def _write(self, version: int, key: bytes, value: bytes | None) -> None:
         history = self._versions.get(key)
+        undo = self._undo
+        if undo is not None and key not in undo and (history is not None or value is not None):
+            undo[key] = None if history is None else history.copy()
         if history is None:
             if value is None:
                 return
