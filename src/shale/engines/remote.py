@@ -25,6 +25,7 @@ import itertools
 import os
 import random
 import ssl
+import weakref
 from collections.abc import Mapping
 from typing import Any, ClassVar, cast
 from urllib.parse import unquote, urlsplit
@@ -65,6 +66,7 @@ class _Link(asyncio.Protocol):
 
     def __init__(self, engine: RemoteEngine) -> None:
         self.engine = engine
+        self.loop = asyncio.get_running_loop()
         self.reader = FrameReader(1 << 20)
         self.pending: dict[int, tuple[asyncio.Future[tuple[Any, ...]], int]] = {}
         self._last_id = 0
@@ -203,7 +205,7 @@ class RemoteSnapshot:
     a frame of its own. ``version()`` asks for it only when nothing was
     read yet."""
 
-    __slots__ = ("_engine", "_link", "_released", "_sid", "_version")
+    __slots__ = ("__weakref__", "_dropped", "_engine", "_link", "_released", "_sid", "_version")
 
     def __init__(self, engine: RemoteEngine, link: _Link, sid: int) -> None:
         self._engine = engine
@@ -211,6 +213,12 @@ class RemoteSnapshot:
         self._sid = sid
         self._version: int | None = None
         self._released = False
+        # A transaction dropped without commit() or close() must not keep its
+        # snapshot on the server until the connection ends, where it would
+        # count against max_snapshots. A finalizer rather than __del__: it
+        # holds only the link and the id, and release() disarms it.
+        self._dropped = weakref.finalize(self, _release_dropped, link, sid)
+        self._dropped.atexit = False
 
     @property
     def read_version(self) -> int:
@@ -256,6 +264,7 @@ class RemoteSnapshot:
     def release(self) -> None:
         if not self._released:
             self._released = True
+            self._dropped.detach()
             self._link.send(MessageType.RELEASE, (self._sid,))
 
     def _handed_over(self) -> int:
@@ -264,7 +273,19 @@ class RemoteSnapshot:
         if self._released:
             return 0
         self._released = True
+        self._dropped.detach()
         return self._sid
+
+
+def _release_dropped(link: _Link, sid: int) -> None:
+    """Release the snapshot of a transaction dropped without ending. A
+    finalizer runs wherever the garbage collector does — any thread, in the
+    middle of any of the loop's callbacks — so it only hands the ``RELEASE``
+    to the link's loop, and never raises: a closed loop took the connection
+    with it, and the server released everything then."""
+    if link.alive:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            link.loop.call_soon_threadsafe(link.send, MessageType.RELEASE, (sid,))
 
 
 class RemoteEngine:
@@ -459,12 +480,17 @@ class RemoteEngine:
         self, key: bytes, seen: bytes | None, future: asyncio.Future[None]
     ) -> None:
         while not future.done():
+            link: _Link | None = None
             try:
                 link = await self._connected()
                 await link.start(MessageType.WATCH_KEY, (key, seen))
             except errors.Unavailable as exc:
-                if self._closed and not future.done():
-                    future.set_exception(exc)
+                if self._closed or (link is not None and link.alive):
+                    # Refused (max_watches) on a live connection: sending it
+                    # again would only be refused again.
+                    if not future.done():
+                        future.set_exception(exc)
+                    return
                 continue
             except errors.ShaleError as exc:
                 if not future.done():

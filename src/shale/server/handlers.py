@@ -47,6 +47,7 @@ def _open(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
     if sid <= 0 or sid in conn.snapshots:
         raise errors.ProtocolError(f"snapshot id {sid} is not positive or already open")
     if len(conn.snapshots) >= conn.limits.max_snapshots:
+        conn.refuse_open(sid)
         raise FrameError(
             ErrorCode.TOO_MANY_REQUESTS,
             f"more than {conn.limits.max_snapshots} open snapshots; release some",
@@ -54,7 +55,7 @@ def _open(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
     # Not a counted request: ``max_snapshots`` bounds these, and a read
     # sent right behind the open waits on it.
     opening = eager.start(conn.server.db.engine.snapshot(version))
-    conn.snapshots[sid] = opening
+    conn.hold(sid, opening)
 
     # A failed open stays under its id until released, so that the reads
     # sent behind it get its error rather than UNKNOWN_SNAPSHOT.
@@ -142,15 +143,13 @@ def _commit(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
         if fields and type(fields[0]) is int and fields[0] > 0:
             conn.release(fields[0])
         raise
-    if sid and sid not in conn.snapshots:
+    # The commit carries its read version: the snapshot's work is done, and
+    # one that expired does not stop the commit (the resolver judges its age).
+    if sid and not conn.release(sid):
         raise FrameError(
             ErrorCode.UNKNOWN_SNAPSHOT,
             f"no open snapshot {sid} (never opened, released, or over max_snapshots)",
         )
-
-    if sid:
-        # The commit carries its read version; the snapshot's work is done.
-        conn.release(sid)
     # Shielded from the connection's end: the engine applies a commit it has
     # queued whoever waits for it, and the feed declarations it carries and
     # the wake-ups it owes subscribers must follow what the engine did, not

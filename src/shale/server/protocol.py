@@ -131,13 +131,17 @@ _PROTOCOL_CODES = frozenset(
         ErrorCode.UNKNOWN_MESSAGE,
         ErrorCode.INVALID_FIELDS,
         ErrorCode.FRAME_TOO_LARGE,
-        ErrorCode.TOO_MANY_REQUESTS,
-        ErrorCode.TOO_MANY_CONNECTIONS,
         ErrorCode.TIMEOUT,
         ErrorCode.UNKNOWN_SNAPSHOT,
         ErrorCode.UNSUPPORTED_VERSION,
     }
 )
+
+_AT_A_LIMIT = frozenset(
+    {ErrorCode.TOO_MANY_REQUESTS, ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.SHUTTING_DOWN}
+)
+"""Refusals that say "not now": the same request may succeed once the
+server has room again, so the client raises the retryable ``Unavailable``."""
 
 
 def error_of(exc: BaseException) -> ErrorCode:
@@ -155,7 +159,7 @@ def error_from(code: int, message: str) -> errors.ShaleError:
     for cls, known in _CODES:
         if known == code and code != ErrorCode.INVALID_FIELDS:
             return cls(message)
-    if code == ErrorCode.SHUTTING_DOWN:
+    if code in _AT_A_LIMIT:
         return errors.Unavailable(message)
     if code in _PROTOCOL_CODES:
         return errors.ProtocolError(message)

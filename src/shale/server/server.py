@@ -38,6 +38,7 @@ import hmac
 import logging
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -273,7 +274,16 @@ class Connection(asyncio.Protocol):
         self.tasks: set[asyncio.Future[tuple[Any, ...]]] = set()
         self.shielded: set[asyncio.Future[tuple[Any, ...]]] = set()
         """The tasks of ``tasks`` that a lost connection does not cancel."""
-        self.snapshots: dict[int, asyncio.Future[EngineSnapshot]] = {}
+        self.snapshots: dict[int, tuple[asyncio.Future[EngineSnapshot], float]] = {}
+        """Open snapshots by id, oldest first, each with the loop time at
+        which it expires (``max_transaction_age`` after its ``OPEN``)."""
+        self.ended: OrderedDict[int, ErrorCode] = OrderedDict()
+        """Ids the client may still name that hold nothing: snapshots that
+        expired, opens refused at ``max_snapshots``. A read naming one gets
+        the error kept here instead of ``UNKNOWN_SNAPSHOT``; ``RELEASE``, a
+        ``COMMIT`` naming it or a new ``OPEN`` of it forgets it. At most
+        ``max_snapshots`` are kept, the oldest forgotten first."""
+        self._expiry: asyncio.TimerHandle | None = None
         self.watches: dict[int, tuple[asyncio.Future[None], Callable[..., None], bool]] = {}
         """Watches by request id: the future, the callback answering it, and
         whether the future is this connection's own (a key watch's) rather
@@ -390,7 +400,7 @@ class Connection(asyncio.Protocol):
 
     def _cleanup(self) -> None:
         self.server.connections.discard(self)
-        for handle in (self._timer, self._stall):
+        for handle in (self._timer, self._stall, self._expiry):
             if handle is not None:
                 handle.cancel()
         for future, callback, own in self.watches.values():
@@ -403,6 +413,7 @@ class Connection(asyncio.Protocol):
                 task.cancel()
         for sid in list(self.snapshots):
             self.release(sid)
+        self.ended.clear()
 
     def _arm(self, delay: float) -> None:
         self._timer = asyncio.get_running_loop().call_later(delay, self._check_deadline)
@@ -572,23 +583,95 @@ class Connection(asyncio.Protocol):
             log.error("%s request %#x failed", self.peer, kind, exc_info=exc)
             self.error(request, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
-    def snapshot(self, sid: object) -> asyncio.Future[EngineSnapshot]:
-        task = self.snapshots.get(sid) if type(sid) is int else None
-        if task is None:
-            raise FrameError(
-                ErrorCode.UNKNOWN_SNAPSHOT,
-                f"no open snapshot {sid!r} (never opened, released, or over max_snapshots)",
-            )
-        return task
+    # -- snapshots -----------------------------------------------------------
 
-    def release(self, sid: int) -> None:
-        task = self.snapshots.pop(sid, None)
-        if task is None:
+    def hold(self, sid: int, opening: asyncio.Future[EngineSnapshot]) -> None:
+        """Keep an opened snapshot under ``sid`` until it is released or
+        expires."""
+        self.ended.pop(sid, None)
+        loop = asyncio.get_running_loop()
+        expires = loop.time() + self.server.db.max_transaction_age
+        self.snapshots[sid] = (opening, expires)
+        if self._expiry is None:
+            self._expiry = loop.call_at(expires, self._expire)
+
+    def refuse_open(self, sid: int) -> None:
+        """Remember that ``sid``'s open was refused at ``max_snapshots``, so
+        that the reads sent behind it are told so."""
+        self._end(sid, ErrorCode.TOO_MANY_REQUESTS)
+
+    def _expire(self) -> None:
+        """Release the snapshots past the transaction age limit. A client
+        that never releases its snapshots (leaked transactions) then holds
+        at most the ones it opened within the limit, like any other."""
+        self._expiry = None
+        if self.closed:
             return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = []
+        for sid, (_, expires) in self.snapshots.items():  # oldest first
+            if expires > now:
+                break
+            due.append(sid)
+        for sid in due:
+            self.release(sid)
+            self._end(sid, ErrorCode.TRANSACTION_TOO_OLD)
+        if self.snapshots:
+            _, expires = next(iter(self.snapshots.values()))
+            # Not sooner than an eighth of the limit: under a steady leak,
+            # one timer expires a batch rather than one snapshot at a time.
+            slack = self.server.db.max_transaction_age / 8
+            self._expiry = loop.call_at(max(expires, now + slack), self._expire)
+
+    def _end(self, sid: int, code: ErrorCode) -> None:
+        ended = self.ended
+        ended[sid] = code
+        ended.move_to_end(sid)
+        if len(ended) > self.limits.max_snapshots:
+            ended.popitem(last=False)
+
+    def snapshot(self, sid: object) -> asyncio.Future[EngineSnapshot]:
+        """The snapshot a read names.
+
+        Raises:
+            FrameError: ``sid`` holds no snapshot: the error it ended with
+                (``TRANSACTION_TOO_OLD``, ``TOO_MANY_REQUESTS``), else
+                ``UNKNOWN_SNAPSHOT``.
+        """
+        if type(sid) is int:
+            held = self.snapshots.get(sid)
+            if held is not None:
+                return held[0]
+            code = self.ended.get(sid)
+            if code is ErrorCode.TRANSACTION_TOO_OLD:
+                age = self.server.db.max_transaction_age
+                raise FrameError(
+                    code,
+                    f"snapshot {sid} expired: it was open longer than the {age:g} s "
+                    "transaction age limit; retry the transaction",
+                )
+            if code is not None:
+                raise FrameError(
+                    code, f"more than {self.limits.max_snapshots} open snapshots; release some"
+                )
+        raise FrameError(
+            ErrorCode.UNKNOWN_SNAPSHOT,
+            f"no open snapshot {sid!r} (never opened, released, or over max_snapshots)",
+        )
+
+    def release(self, sid: int) -> bool:
+        """Release ``sid``'s snapshot or forget how it ended; whether the id
+        was known."""
+        held = self.snapshots.pop(sid, None)
+        if held is None:
+            return self.ended.pop(sid, None) is not None
+        task = held[0]
         if task.done():
             release_snapshot(task)
         else:
             task.add_done_callback(release_snapshot)
+        return True
 
 
 def _version() -> str:

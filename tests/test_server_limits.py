@@ -1,0 +1,176 @@
+"""The server's resource limits, each against the client that reaches it.
+
+Real servers on loopback, in the test's event loop, and real sockets: the
+``shale://`` client, or raw frames where the wire itself is the point. Every
+wait is bounded by ``HANG``, a liveness guard ("served within HANG
+seconds"), never a measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+import shale
+from shale.server.protocol import ErrorCode, Limits, MessageType, frame
+from shale.server.server import Connection, Server, serve
+from test_server_hostile import Raw
+
+TOKEN = "correct-horse-battery-staple"
+HANG = 10.0
+"""Seconds before a wait counts as a hang: a liveness bound, not a measurement."""
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    limits: Limits | None = None, **options: object
+) -> AsyncIterator[tuple[Server, shale.Database]]:
+    """A server on a free loopback port (``options`` open its database) and
+    a client connected to it."""
+    server = await serve(
+        "memory://", TOKEN, host="127.0.0.1", port=0, limits=limits or Limits(), **options
+    )
+    try:
+        client = await shale.open(f"shale://127.0.0.1:{server.port}", token=TOKEN)
+        try:
+            yield server, client
+        finally:
+            await client.close()
+    finally:
+        await server.stop(drain=1.0)
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), HANG)
+
+
+def authenticated(server: Server) -> list[Connection]:
+    return [c for c in server.connections if c.authenticated]
+
+
+def snapshots_held(server: Server) -> int:
+    return sum(len(c.snapshots) for c in server.connections)
+
+
+async def read_in_new_transaction(db: shale.Database, key: bytes = b"k") -> bytes | None:
+    async with db.transaction() as tr:
+        return await asyncio.wait_for(tr.get(key), HANG)
+
+
+# -- A: snapshots a client never releases ----------------------------------------
+
+
+async def test_dropped_transactions_release_their_snapshots() -> None:
+    async with serving(Limits(max_snapshots=4)) as (server, db):
+        await db.set(b"k", b"v")
+        for _ in range(20):
+            tr = db.transaction()
+            assert await asyncio.wait_for(tr.get(b"k"), HANG) == b"v"
+            del tr  # never committed nor closed
+            gc.collect()
+        assert await read_in_new_transaction(db) == b"v"
+        await wait_until(lambda: snapshots_held(server) == 0)
+
+
+async def test_leaked_snapshots_that_are_still_referenced_expire() -> None:
+    async with serving(Limits(max_snapshots=4), max_transaction_age=0.5) as (server, db):
+        await db.set(b"k", b"v")
+        leaked = [db.transaction() for _ in range(4)]
+        for tr in leaked:
+            assert await asyncio.wait_for(tr.get(b"k"), HANG) == b"v"
+        assert snapshots_held(server) == 4
+        # The server's age limit frees them, although the client holds them.
+        await wait_until(lambda: snapshots_held(server) == 0)
+        assert await read_in_new_transaction(db) == b"v"
+        # A leaked transaction that reads again learns that it is too old,
+        # which is retryable, rather than a protocol error.
+        with pytest.raises(shale.TransactionTooOld):
+            await asyncio.wait_for(leaked[0].get(b"other"), HANG)
+        for tr in leaked:
+            tr.close()
+
+
+async def test_a_full_connection_refuses_new_snapshots_retryably() -> None:
+    async with serving(Limits(max_snapshots=2)) as (_, db):
+        held = [db.transaction() for _ in range(2)]
+        for tr in held:
+            await asyncio.wait_for(tr.get(b"k"), HANG)
+        refused = db.transaction()
+        with pytest.raises(shale.Unavailable, match="more than 2 open snapshots"):
+            await asyncio.wait_for(refused.get(b"k"), HANG)
+        refused.close()
+        held.pop().close()
+        assert await read_in_new_transaction(db) is None
+        for tr in held:
+            tr.close()
+
+        # Database.run retries the refusal until a slot frees up.
+        blocker = [db.transaction() for _ in range(2)]
+        for tr in blocker:
+            await asyncio.wait_for(tr.get(b"k"), HANG)
+        asyncio.get_running_loop().call_later(0.2, blocker[0].close)
+
+        async def body(tr: shale.Transaction) -> bytes | None:
+            return await tr.get(b"k")
+
+        assert await asyncio.wait_for(db.run(body), HANG) is None
+        blocker[1].close()
+
+
+async def test_a_raw_read_on_an_expired_snapshot_is_too_old() -> None:
+    async with serving(Limits(), max_transaction_age=0.3) as (server, db):
+        raw = await Raw.connect(server)
+        try:
+            await raw.hello()
+            (version,) = await raw.call(MessageType.OPEN, 2, (1, None))
+            await wait_until(lambda: snapshots_held(server) == 0)
+            raw.send(MessageType.GET, 3, (1, b"k"))
+            kind, request, (code, message) = await raw.recv()
+            assert (kind, request, code) == (
+                MessageType.ERROR,
+                3,
+                ErrorCode.TRANSACTION_TOO_OLD,
+            )
+            assert message.startswith("GET: snapshot 1 expired")
+            # A commit naming it still runs, at the read version it carries.
+            commit = (1, version, (0, b"raw", b"x"), (), (), (), (), False)
+            raw.send(MessageType.COMMIT, 4, commit)
+            kind, request, fields = await raw.recv()
+            assert (kind, request) == (MessageType.COMMIT | 0x80, 4), fields
+            assert await db.get(b"raw") == b"x"
+            # The commit released the id: it is unknown now.
+            raw.send(MessageType.GET, 5, (1, b"k"))
+            kind, request, (code, _) = await raw.recv()
+            assert (kind, request, code) == (MessageType.ERROR, 5, ErrorCode.UNKNOWN_SNAPSHOT)
+        finally:
+            raw.close()
+
+
+async def test_a_raw_read_behind_a_refused_one_way_open_gets_the_refusal() -> None:
+    async with serving(Limits(max_snapshots=1)) as (server, _):
+        raw = await Raw.connect(server)
+        try:
+            await raw.hello()
+            await raw.call(MessageType.OPEN, 2, (1, None))
+            raw.send_bytes(
+                frame(MessageType.OPEN, 0, (2, None)) + frame(MessageType.GET, 3, (2, b"k"))
+            )
+            await raw.refused(
+                3, ErrorCode.TOO_MANY_REQUESTS, "GET: more than 1 open snapshots; release some"
+            )
+            # Releasing the refused id forgets it; the slot is still taken.
+            raw.send(MessageType.RELEASE, 0, (2,))
+            raw.send(MessageType.GET, 4, (2, b"k"))
+            kind, request, (code, _) = await raw.recv()
+            assert (kind, request, code) == (MessageType.ERROR, 4, ErrorCode.UNKNOWN_SNAPSHOT)
+            await raw.pings()
+        finally:
+            raw.close()
