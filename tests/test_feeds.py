@@ -472,3 +472,27 @@ async def test_only_commits_under_a_feed_wake_its_subscribers() -> None:
         again = db.next_change("woken")
         await db.set(b"a/key", b"1")
         assert again.done()
+
+
+@pytest.mark.parametrize("engine", ["memory", "sqlite"])
+async def test_clearing_more_than_a_transaction_can_log_is_refused(
+    engine: str, tmp_path: Path
+) -> None:
+    url = "memory://" if engine == "memory" else f"sqlite:///{tmp_path}/big.db"
+    async with await shale.open(url) as db:
+        await Feed("big", b"big/").declare(db)
+        for chunk in range(12):  # 12 MB under the feed, in 1 MB transactions
+            async with db.transaction() as tr:
+                for i in range(10):
+                    tr.set(b"big/%03d" % (chunk * 10 + i), os.urandom(100_000))
+        tr = db.transaction()
+        tr.clear_range(b"big/", b"big0")
+        with pytest.raises(shale.TransactionTooLarge, match="feed 'big'"):
+            await tr.commit()
+        async with db.transaction() as tr:
+            assert len(await tr.get_range(b"big/", b"big0")) == 120, "nothing was cleared"
+        for start in range(0, 120, 60):  # in pieces, it goes through and is logged
+            async with db.transaction() as tr:
+                tr.clear_range(b"big/%03d" % start, b"big/%03d" % (start + 60))
+        async with db.transaction() as tr:
+            assert await tr.get_range(b"big/", b"big0") == []

@@ -32,10 +32,11 @@ from typing import Protocol
 from shale import tuple as tuples
 from shale.engines.atomic import apply_atomic
 from shale.engines.base import Mutation, MutationType
-from shale.errors import FormatVersionError
+from shale.errors import FormatVersionError, TransactionTooLarge
 from shale.keys import strinc
 
 __all__ = [
+    "CAPTURE_LIMIT",
     "DECLARATIONS",
     "DELETE",
     "FORMAT",
@@ -61,6 +62,12 @@ SYSTEM = b"\xff"
 PART_BYTES = 90_000
 """Entries are split into parts of about this size, so parts stay below the
 100,000-byte value limit; one change larger than that gets a part of its own."""
+CAPTURE_LIMIT = 10_000_000
+"""Bytes of keys and old values one transaction may log to its feeds, the
+same as a transaction's own size limit: without it, clearing a large range
+under a feed would write (and hold in memory) an entry as large as the
+range."""
+_SCAN_BATCH = 1000
 TRIM_SLACK = 16
 """Extra old parts one commit may trim beyond what it appended, so trimming
 catches up after a quiet spell without making any commit slow."""
@@ -196,6 +203,7 @@ class FeedCapture:
     ) -> None:
         self._changed: list[tuple[FeedSpec, dict[bytes, bytes | None], dict[bytes, bytes | None]]]
         self._changed = []
+        budget = CAPTURE_LIMIT
         for feed in feeds:
             end = strinc(feed.prefix)  # feed prefixes never start with 0xFF
             covered: list[Mutation] = []
@@ -215,8 +223,11 @@ class FeedCapture:
                 continue
             unique = list(dict.fromkeys(points))
             before = dict(zip(unique, state.get_many(unique), strict=True))
+            budget -= sum(len(k) + len(v or b"") for k, v in before.items())
             for low, high in ranges:
-                before.update(state.scan(low, high, 0))
+                budget = _scan_into(before, state, low, high, budget, feed.name)
+            if budget < 0:
+                raise _too_large(feed.name)
             self._changed.append((feed, before, _replay(before, covered)))
 
     def finish(self, state: CurrentState, stamp: bytes) -> list[Mutation]:
@@ -239,6 +250,36 @@ class FeedCapture:
                 if feed.max_age is not None or feed.max_entries is not None:
                     out.extend(_retain(feed, state, now))
         return out
+
+
+def _scan_into(
+    before: dict[bytes, bytes | None],
+    state: CurrentState,
+    low: bytes,
+    high: bytes,
+    budget: int,
+    feed: str,
+) -> int:
+    """Add the pairs of ``[low, high)`` to ``before`` a bounded batch at a
+    time, and return what is left of ``budget``: a range clear over a huge
+    prefix fails once past the limit, before it has read the prefix."""
+    while True:
+        rows = state.scan(low, high, _SCAN_BATCH)
+        for key, value in rows:
+            before[key] = value
+            budget -= len(key) + len(value)
+        if budget < 0:
+            raise _too_large(feed)
+        if len(rows) < _SCAN_BATCH:
+            return budget
+        low = rows[-1][0] + b"\x00"
+
+
+def _too_large(feed: str) -> TransactionTooLarge:
+    return TransactionTooLarge(
+        f"the changes this transaction makes under feed {feed!r} would log more than "
+        f"{CAPTURE_LIMIT} bytes; clear large ranges under a feed in several transactions"
+    )
 
 
 def _replay(
