@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import shale
 from shale.engines.atomic import apply_atomic
 from shale.engines.base import MutationType
+from shale.testing import check_serializable, run_random_history
 
 KEYS = [bytes(p) for n in (1, 2) for p in itertools.product(b"abc\x00", repeat=n)]
 key = st.sampled_from(KEYS)
@@ -115,3 +116,20 @@ def test_transactions_match_the_dict_model(
             leftover.unlink()
         url = f"sqlite:////{str(path).lstrip('/')}"
     asyncio.run(play(url, transactions))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), workers=st.integers(2, 12), keys=st.integers(3, 20))
+def test_random_concurrent_histories_are_serializable(seed: int, workers: int, keys: int) -> None:
+    """``shale.testing``'s randomized check (streams abandoned after a few
+    rows, limits, reverse, selectors, clear_range) over many seeds and
+    shapes, on the reference engine."""
+
+    async def check() -> None:
+        async with await shale.open("memory://") as db:
+            records = await run_random_history(
+                db, transactions=120, workers=workers, keys=keys, seed=seed
+            )
+            await check_serializable(db, records)
+
+    asyncio.run(check())
