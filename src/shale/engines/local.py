@@ -20,7 +20,7 @@ import bisect
 import itertools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -48,6 +48,29 @@ writes are folded into the ``VersionMap``: a batch that expires first (a
 bulk load on a quiet database) never pays for indexing its keys."""
 
 
+Spans = tuple[list[bytes], list[bytes]]
+"""Sorted, disjoint ranges as their begins and their ends."""
+
+
+def _spans(keys: Iterable[bytes], ranges: Iterable[KeyRange]) -> Spans:
+    merged = coalesce(itertools.chain(((k, k + b"\x00") for k in keys), ranges))
+    return [b for b, _ in merged], [e for _, e in merged]
+
+
+def _overlap(a: Spans, b: Spans) -> bool:
+    """Whether two span lists share a key: each span of the shorter is
+    bisected into the longer, so n reads against m writes cost
+    ``min(n, m) log max(n, m)``, never ``n * m``."""
+    if len(a[0]) > len(b[0]):
+        a, b = b, a
+    begins, ends = b
+    for low, high in zip(*a, strict=True):
+        i = bisect.bisect_right(begins, low) - 1
+        if (i >= 0 and low < ends[i]) or bisect.bisect_left(begins, high) > i + 1:
+            return True
+    return False
+
+
 @dataclass(slots=True)
 class _Batch:
     """The writes of one recent commit batch: keys copied out of the
@@ -56,45 +79,40 @@ class _Batch:
     version: int
     keys: set[bytes]
     ranges: list[KeyRange]
-    _sorted: list[bytes] | None = None
-    _spans: tuple[list[bytes], list[bytes]] | None = None
+    _spans: Spans | None = None
 
     def add(self, keys: AbstractSet[bytes], ranges: Sequence[KeyRange]) -> None:
-        if keys:
-            self.keys.update(keys)
-            self._sorted = None
-        if ranges:
-            self.ranges.extend(ranges)
-            self._spans = None
+        self.keys.update(keys)
+        self.ranges.extend(ranges)
+        self._spans = None
 
-    def overlaps(self, read_keys: AbstractSet[bytes], read_ranges: Sequence[KeyRange]) -> bool:
-        """Whether a read touches a write of this batch: a set intersection
-        for keys, bisections into sorted keys and coalesced ranges for the
-        rest, so many reads against many writes stay O(n log n)."""
+    def overlaps(self, read_keys: AbstractSet[bytes], reads: _Reads) -> bool:
+        """Whether a read touches a write of this batch. Keys against keys
+        is a set intersection; anything with a range compares spans, built
+        once per batch and once per checked request."""
         if read_keys and not self.keys.isdisjoint(read_keys):
             return True
-        if self.ranges:
-            if self._spans is None:
-                spans = coalesce(self.ranges)
-                self._spans = [b for b, _ in spans], [e for _, e in spans]
-            begins, ends = self._spans
-            for key in read_keys:
-                i = bisect.bisect_right(begins, key) - 1
-                if i >= 0 and key < ends[i]:
-                    return True
-            for begin, end in read_ranges:
-                i = bisect.bisect_right(begins, begin) - 1
-                if (i >= 0 and begin < ends[i]) or bisect.bisect_left(begins, end) > i + 1:
-                    return True
-        if read_ranges and self.keys:
-            if self._sorted is None:
-                self._sorted = sorted(self.keys)
-            keys = self._sorted
-            for begin, end in read_ranges:
-                i = bisect.bisect_left(keys, begin)
-                if i < len(keys) and keys[i] < end:
-                    return True
-        return False
+        if not self.ranges and not reads.ranged:
+            return False
+        if self._spans is None:
+            self._spans = _spans(self.keys, self.ranges)
+        return _overlap(self._spans, reads.spans())
+
+
+class _Reads:
+    """A request's reads as spans, built only if a batch needs them."""
+
+    __slots__ = ("_request", "_spans", "ranged")
+
+    def __init__(self, request: CommitRequest) -> None:
+        self._request = request
+        self._spans: Spans | None = None
+        self.ranged = bool(request.read_ranges)
+
+    def spans(self) -> Spans:
+        if self._spans is None:
+            self._spans = _spans(self._request.read_keys, self._request.read_ranges)
+        return self._spans
 
 
 class Resolver:
@@ -134,10 +152,11 @@ class Resolver:
                 f"read version {read_version} is older than the "
                 f"{self.window:g} s window (oldest checkable: {self.floor})"
             )
+        reads = _Reads(request)
         for batch in reversed(self._tail):
             if batch.version <= read_version:
                 return
-            if batch.overlaps(read_keys, read_ranges):
+            if batch.overlaps(read_keys, reads):
                 raise _conflict(batch.version)
         if self._folded > read_version:
             version_at, max_over = self._map.version_at, self._map.max_over
