@@ -251,19 +251,23 @@ async def test_a_range_clear_of_the_declarations_drops_the_feeds(server: Server)
 
 async def test_an_invalid_declaration_changes_no_feed(server: Server) -> None:
     db = await connect(server)
+    raw = await Raw.open(server)
     try:
         await Feed("a", b"a/").declare(db)
         before = dict(server.db.feeds)
-
-        async def bad(tr: shale.Transaction) -> None:
-            tr.access_system_keys = True
-            tr.set(b"\xff" + tuples.pack(("feeds",)) + tuples.pack(("a",)), b"")
-            tr.set(b"\xff" + tuples.pack(("feeds",)) + tuples.pack(("z",)), b"garbage")
-
-        with pytest.raises(shale.ProtocolError, match="invalid feed declaration"):
-            await db.transact(bad)
+        # Sent raw: the Python client refuses such writes before they leave.
+        declarations = b"\xff" + tuples.pack(("feeds",))
+        mutations = (
+            (MutationType.SET, declarations + tuples.pack(("a",)), b""),
+            (MutationType.SET, declarations + tuples.pack(("z",)), b"garbage"),
+        )
+        raw.send(MessageType.COMMIT, 2, encode_commit(0, CommitRequest(-1, list(mutations))))
+        kind, request, (code, message) = await raw.recv()
+        assert (kind, request, code) == (MessageType.ERROR, 2, ErrorCode.INVALID_FIELDS)
+        assert message.startswith("invalid feed declaration")
         assert server.db.feeds == before
     finally:
+        await raw.close()
         await db.close()
 
 
