@@ -256,7 +256,7 @@ async def test_sigterm_answers_every_commit_and_exits_cleanly(server: ServerProc
     assert {log_key(*run) for run in logged} >= acknowledged
 
     log = server.logs[0].read_text()
-    peers = re.findall(r" INFO (\S+) connected$", log, re.MULTILINE)
+    peers = re.findall(r" INFO (\S+) authenticated ", log)
     assert len(peers) == clients
     for peer in peers:
         assert re.search(rf"{re.escape(peer)} authenticated\b", log)

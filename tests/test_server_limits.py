@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import trustme
 
 import shale
 from shale.server.protocol import ErrorCode, Limits, MessageType, frame
@@ -174,3 +177,168 @@ async def test_a_raw_read_behind_a_refused_one_way_open_gets_the_refusal() -> No
             await raw.pings()
         finally:
             raw.close()
+
+
+# -- B: connections that have not authenticated ------------------------------------
+
+ATTACKERS = 200
+"""Idle sockets an attacker opens: more than ``max_connections`` in the tests
+below, and far more than the default ``max_unauthenticated``."""
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, str]:
+    """A server context and the CA file that verifies it."""
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1")
+    ca = tmp_path_factory.mktemp("tls") / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    issued.configure_cert(context)
+    return context, str(ca)
+
+
+async def idle_sockets(server: Server, count: int) -> list[asyncio.StreamWriter]:
+    """``count`` connections that never send a byte (not even a TLS hello)."""
+    writers = []
+    for _ in range(count):
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writers.append(writer)
+    return writers
+
+
+async def closed_by_the_server(writer: asyncio.StreamWriter) -> None:
+    """Returns once the server has closed the connection (EOF or reset)."""
+    reader: asyncio.StreamReader = writer._protocol._stream_reader  # type: ignore[attr-defined]
+    with contextlib.suppress(ConnectionError):
+        await reader.read()
+
+
+async def commits(url: str, **options: object) -> None:
+    """A legitimate client connects, commits and reads its commit back."""
+    async with await asyncio.wait_for(shale.open(url, token=TOKEN, **options), HANG) as db:
+        await asyncio.wait_for(db.set(b"legit", b"1"), HANG)
+        assert await asyncio.wait_for(db.get(b"legit"), HANG) == b"1"
+
+
+def close_all(writers: list[asyncio.StreamWriter]) -> None:
+    for writer in writers:
+        writer.close()
+
+
+async def test_idle_sockets_do_not_lock_out_clients() -> None:
+    # Half of max_connections is more than an attacker without the token
+    # may hold: the default max_unauthenticated is well below it. A long
+    # handshake timeout: only that cap can leave room in time.
+    limits = Limits(max_connections=ATTACKERS // 2, handshake_timeout=60.0)
+    server = await serve("memory://", TOKEN, port=0, limits=limits)
+    try:
+        attackers = await idle_sockets(server, ATTACKERS)
+        try:
+            await commits(f"shale://127.0.0.1:{server.port}")
+        finally:
+            close_all(attackers)
+    finally:
+        await server.stop(drain=1.0)
+
+
+async def test_sockets_before_the_tls_handshake_are_capped(
+    tls: tuple[ssl.SSLContext, str],
+) -> None:
+    context, ca = tls
+    # A long handshake timeout: only the cap can close these in time.
+    limits = Limits(handshake_timeout=60.0)
+    server = await serve("memory://", TOKEN, port=0, limits=limits, ssl_context=context)
+    try:
+        attackers = await idle_sockets(server, ATTACKERS)
+        try:
+            waits = [asyncio.ensure_future(closed_by_the_server(w)) for w in attackers]
+            cap = server.limits.max_unauthenticated
+            await wait_until(lambda: sum(w.done() for w in waits) >= ATTACKERS - cap)
+            assert len(server.unauthenticated) == cap
+            # The oldest went first.
+            assert all(w.done() for w in waits[: ATTACKERS - cap])
+            await commits(f"shale+tls://127.0.0.1:{server.port}", ca=ca)
+            for wait in waits:
+                wait.cancel()
+        finally:
+            close_all(attackers)
+    finally:
+        await server.stop(drain=1.0)
+
+
+async def test_a_client_gets_in_past_a_full_unauthenticated_cap(
+    tls: tuple[ssl.SSLContext, str],
+) -> None:
+    context, ca = tls
+    limits = Limits(max_unauthenticated=4, handshake_timeout=60.0)
+    for ssl_context, url, options in [
+        (None, "shale://127.0.0.1:{}", {}),
+        (context, "shale+tls://127.0.0.1:{}", {"ca": ca}),
+    ]:
+        server = await serve("memory://", TOKEN, port=0, limits=limits, ssl_context=ssl_context)
+        try:
+            attackers = await idle_sockets(server, 4)
+            try:
+                await wait_until(lambda: len(server.unauthenticated) == 4)  # noqa: B023
+                # The cap is full of peers that will never authenticate: the
+                # newcomer takes the oldest one's place, at once.
+                await commits(url.format(server.port), **options)
+                first: asyncio.StreamReader = attackers[0]._protocol._stream_reader  # type: ignore[attr-defined]
+                if ssl_context is None:
+                    refusal = frame(
+                        MessageType.ERROR,
+                        0,
+                        (
+                            int(ErrorCode.TOO_MANY_CONNECTIONS),
+                            "too many connections awaiting authentication",
+                        ),
+                    )
+                    assert await asyncio.wait_for(first.read(), HANG) == refusal
+                else:
+                    await asyncio.wait_for(closed_by_the_server(attackers[0]), HANG)
+            finally:
+                close_all(attackers)
+        finally:
+            await server.stop(drain=1.0)
+
+
+async def test_refusals_are_logged_once_a_second(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="shale.server")
+    server = await serve("memory://", TOKEN, port=0, limits=Limits(max_connections=8))
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        attackers = await idle_sockets(server, ATTACKERS)
+        try:
+            await wait_until(lambda: len(server.connections) == 8)
+            await asyncio.sleep(0.1)  # the refusals are logged as they happen
+            refusals = [r.getMessage() for r in caplog.records if " refused: " in r.getMessage()]
+            assert 1 <= len(refusals) <= 1 + (loop.time() - started)
+            # The next line, a second later, counts the ones left out.
+            await asyncio.sleep(1.0)
+            late = await idle_sockets(server, 1)
+            await wait_until(lambda: any("not logged" in r.getMessage() for r in caplog.records))
+            close_all(late)
+        finally:
+            close_all(attackers)
+    finally:
+        await server.stop(drain=1.0)
+
+
+async def test_too_many_connections_is_retryable() -> None:
+    server = await serve("memory://", TOKEN, port=0, limits=Limits(max_connections=1))
+    try:
+        holder = await Raw.connect(server)
+        try:
+            await holder.hello()
+            url = f"shale://127.0.0.1:{server.port}"
+            with pytest.raises(shale.Unavailable, match="too many connections"):
+                await asyncio.wait_for(shale.open(url, token=TOKEN, connect_timeout=0.5), HANG)
+            # A client that keeps trying gets in once the slot frees up.
+            asyncio.get_running_loop().call_later(0.3, holder.close)
+            await commits(url, connect_timeout=HANG)
+        finally:
+            holder.close()
+    finally:
+        await server.stop(drain=1.0)

@@ -177,6 +177,13 @@ class Limits:
     """``GET``, ``GET_RANGE``, ``VERSION`` and ``COMMIT`` requests per
     connection awaiting a reply; more are refused with ``TOO_MANY_REQUESTS``."""
     max_connections: int = 1024
+    """Connections open at once (after their TLS handshake, if any); one more
+    is refused with ``TOO_MANY_CONNECTIONS``."""
+    max_unauthenticated: int = 64
+    """Connections not yet authenticated, counted from their accept (so TLS
+    ones during their handshake too); one more is closed at once, a plain
+    one with ``TOO_MANY_CONNECTIONS``. Peers without the token can hold no
+    more than this, whatever ``max_connections`` is."""
     max_snapshots: int = 10_000
     """Snapshots one connection may hold open (one per live transaction)."""
     max_watches: int = 10_000

@@ -9,6 +9,16 @@ request runs at once and becomes a task only if it has to wait
 (``shale.server.eager``), and replies go out in completion order, tagged
 with the request's id.
 
+A connection that has not authenticated yet — from its accept, through
+its TLS handshake if any, to a valid ``HELLO`` — counts against
+``max_unauthenticated``, a cap well below ``max_connections``. When it is
+full, the oldest such connection is closed to make room for the new one:
+peers without the token can neither fill ``max_connections`` nor keep a
+client with the token out by sitting on the cap (refusing the newcomer
+would lock clients out for as long as an attacker keeps the cap full), and
+what they hold — TLS buffers included — is bounded by the cap. Refusals
+are logged at most once a second.
+
 A connection is closed, and nobody else harmed, when it breaks the
 protocol: a bad frame length, a first frame that is not a valid ``HELLO``,
 a wrong token, a request that exists for its reply sent with id 0, a
@@ -33,6 +43,7 @@ for a commit) before the final id-0 ``SHUTTING_DOWN`` and the close.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import hashlib
 import hmac
 import logging
@@ -80,6 +91,30 @@ _QUIET_FAILURES = (errors.ConflictError, errors.TransactionTooOld)
 """Commit failures that are part of normal operation: logged at DEBUG."""
 
 
+class _Throttled:
+    """Warnings that peers can provoke at will (refused connections and
+    tokens) at most once per ``interval`` seconds; the next one logged
+    counts those left out. Unthrottled, one flood of connections once wrote
+    172,000 lines in 20 seconds."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._last = -interval
+        self._left_out = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._left_out += 1
+            return
+        if self._left_out:
+            message += " (%d more refusals in the %.1f s before were not logged)"
+            args = (*args, self._left_out, now - self._last)
+        self._last = now
+        self._left_out = 0
+        log.warning(message, *args)
+
+
 class Server:
     """Serves ``db`` to clients presenting ``token``.
 
@@ -102,6 +137,11 @@ class Server:
         self.limits = limits or Limits()
         self.ssl_context = ssl_context
         self.connections: set[Connection] = set()
+        self.unauthenticated: OrderedDict[Connection, None] = OrderedDict()
+        """Connections from their accept until they authenticate or close,
+        TLS handshake included, oldest first: at most
+        ``limits.max_unauthenticated``."""
+        self.refusals = _Throttled()
         self.port = 0
         self.host = ""
         self._server: asyncio.Server | None = None
@@ -121,14 +161,9 @@ class Server:
     async def start(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
         """Listen on ``host:port``."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: Connection(self),
-            host,
-            port,
-            ssl=self.ssl_context,
-            ssl_handshake_timeout=self.limits.handshake_timeout if self.ssl_context else None,
-            backlog=2048,
-        )
+        # TLS is layered on by _TlsAccept rather than by create_server, so
+        # that a connection over the cap is closed before its handshake.
+        self._server = await loop.create_server(self._accept, host, port, backlog=2048)
         self.host = host
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep())
@@ -147,6 +182,9 @@ class Server:
             self._server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for handshaking in list(self.unauthenticated):
+            if handshaking.transport is None:
+                handshaking.evict()
         connections = list(self.connections)
         # Connections keep reading, so that each request sent before the
         # close is answered (SHUTTING_DOWN) rather than lost to a reset.
@@ -163,6 +201,29 @@ class Server:
             connection.close("server shutting down", ErrorCode.SHUTTING_DOWN)
         await self.db.close()
         log.info("stopped")
+
+    def _accept(self) -> asyncio.Protocol:
+        if self.ssl_context is None:
+            return Connection(self)
+        return _TlsAccept(self, self.ssl_context)
+
+    def admit(self, connection: Connection) -> None:
+        """Count a connection just accepted against ``max_unauthenticated``;
+        if the cap is full, close the oldest connection still without the
+        token to make room. A client with the token authenticates within a
+        round trip or two of its accept, so to keep it out an attacker must
+        open ``max_unauthenticated`` connections in that time, not merely
+        hold that many."""
+        waiting = self.unauthenticated
+        if len(waiting) >= self.limits.max_unauthenticated:
+            oldest, _ = waiting.popitem(last=False)
+            self.refusals.warning(
+                "%s dropped: %d connections not authenticated yet, and it was the oldest",
+                oldest.peer,
+                len(waiting) + 1,
+            )
+            oldest.evict()
+        waiting[connection] = None
 
     async def _sweep(self) -> None:
         while True:
@@ -289,6 +350,10 @@ class Connection(asyncio.Protocol):
         whether the future is this connection's own (a key watch's) rather
         than shared (a feed's)."""
         self.transport: asyncio.Transport | None = None
+        self.raw: asyncio.Transport | None = None
+        """The TCP transport under a TLS connection, while its handshake runs."""
+        self.admitted = False
+        """Counted in ``server.unauthenticated`` (until authenticated)."""
         self.peer = "?"
         self.authenticated = False
         self.closed = False
@@ -303,12 +368,16 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.writer.transport = self.transport
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        if self.server._stopping:
+        self.raw = None
+        self.peer = _peer(transport)
+        server = self.server
+        if server._stopping:
             self.close("server shutting down", ErrorCode.SHUTTING_DOWN)
             return
-        context = self.server.ssl_context
+        if not self.admitted:  # plain TCP: just accepted
+            self.admitted = True
+            server.admit(self)
+        context = server.ssl_context
         if (
             context is not None
             and context.verify_mode is not ssl.CERT_NONE
@@ -316,23 +385,51 @@ class Connection(asyncio.Protocol):
         ):
             # CERT_OPTIONAL lets the handshake finish without one, so that
             # the client hears why, instead of a reset it would retry.
-            log.warning("%s refused: no client certificate", self.peer)
+            server.refusals.warning("%s refused: no client certificate", self.peer)
             self.close("a client certificate is required", ErrorCode.AUTHENTICATION)
             return
-        if len(self.server.connections) >= self.limits.max_connections:
-            log.warning("%s refused: %d connections open", self.peer, len(self.server.connections))
+        if len(server.connections) >= self.limits.max_connections:
+            server.refusals.warning(
+                "%s refused: %d connections open", self.peer, len(server.connections)
+            )
             self.close("too many connections", ErrorCode.TOO_MANY_CONNECTIONS)
             return
-        self.server.connections.add(self)
-        log.info("%s connected", self.peer)
+        server.connections.add(self)
+        log.debug("%s connected", self.peer)
         self._arm(self.limits.handshake_timeout)
+
+    def tls_done(self, handshake: asyncio.Future[None]) -> None:
+        """The end of the TLS handshake: if it did not reach
+        ``connection_made`` (failed, timed out, or the peer left), nothing
+        else will free the connection's slot."""
+        if not handshake.cancelled():
+            failure = handshake.exception()
+            if failure is not None and self.transport is None:
+                log.debug("%s TLS handshake failed: %s", self.peer, failure)
+        if self.transport is None:
+            self.raw = None
+            self.server.unauthenticated.pop(self, None)
+
+    def evict(self) -> None:
+        """Close a connection that has not authenticated, to make room."""
+        if self.transport is None:  # still in its TLS handshake: nothing to say
+            if self.raw is not None:
+                self.raw.abort()
+            return
+        self.close("too many connections awaiting authentication", ErrorCode.TOO_MANY_CONNECTIONS)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
             self.closed = True
             self.writer.open = False
-            log.info("%s disconnected%s", self.peer, f": {exc}" if exc else "")
+            log.log(self._level, "%s disconnected%s", self.peer, f": {exc}" if exc else "")
         self._cleanup()
+
+    @property
+    def _level(self) -> int:
+        """Comings and goings of peers without the token are not worth a
+        line each at INFO: they can cause as many as they like."""
+        return logging.INFO if self.authenticated else logging.DEBUG
 
     def pause_writing(self) -> None:
         self.stop_reading()
@@ -385,7 +482,7 @@ class Connection(asyncio.Protocol):
         self.writer.open = False
         if code is not None:
             self.transport.write(frame(MessageType.ERROR, 0, (int(code), reason)))
-        log.info("%s closed: %s", self.peer, reason)
+        log.log(self._level, "%s closed: %s", self.peer, reason)
         if self._stall is not None:
             # close() would wait for a client that does not read to take
             # what is buffered, holding the socket and the replies forever.
@@ -400,6 +497,7 @@ class Connection(asyncio.Protocol):
 
     def _cleanup(self) -> None:
         self.server.connections.discard(self)
+        self.server.unauthenticated.pop(self, None)
         for handle in (self._timer, self._stall, self._expiry):
             if handle is not None:
                 handle.cancel()
@@ -447,7 +545,7 @@ class Connection(asyncio.Protocol):
         # Digests of equal length, so that the comparison's time tells
         # nothing about the token, not even its length.
         if not hmac.compare_digest(hashlib.sha256(token).digest(), self.server.token_digest):
-            log.warning("%s refused: wrong token", self.peer)
+            self.server.refusals.warning("%s refused: wrong token", self.peer)
             self.close("wrong token", ErrorCode.AUTHENTICATION)
             return
         if version != PROTOCOL_VERSION:
@@ -458,6 +556,7 @@ class Connection(asyncio.Protocol):
             )
             return
         self.authenticated = True
+        self.server.unauthenticated.pop(self, None)
         self.reader.max_frame = self.limits.max_frame
         if self._timer is not None:
             self._timer.cancel()
@@ -672,6 +771,48 @@ class Connection(asyncio.Protocol):
         else:
             task.add_done_callback(release_snapshot)
         return True
+
+
+class _TlsAccept(asyncio.Protocol):
+    """A TLS connection just accepted, counted against
+    ``max_unauthenticated`` before its handshake starts. ``create_server(
+    ssl=...)`` would tell the protocol only once the handshake is done, so a
+    peer that never sends its hello would hold a connection and its TLS
+    buffers (about 300 KB) uncounted. This layers TLS on as ``create_server``
+    does, with ``handshake_timeout`` for the handshake, then as long again
+    for the ``HELLO``."""
+
+    def __init__(self, server: Server, context: ssl.SSLContext) -> None:
+        self.server = server
+        self.context = context
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        raw = cast(asyncio.Transport, transport)
+        server = self.server
+        connection = Connection(server)
+        connection.admitted = True
+        connection.raw = raw
+        connection.peer = _peer(raw)
+        server.admit(connection)
+        loop = asyncio.get_running_loop()
+        handshake: asyncio.Future[None] = loop.create_future()
+        handshake.add_done_callback(connection.tls_done)
+        tls = asyncio.sslproto.SSLProtocol(
+            loop,
+            connection,
+            self.context,
+            handshake,
+            server_side=True,
+            # typeshed says int; asyncio takes any positive number of seconds
+            ssl_handshake_timeout=server.limits.handshake_timeout,  # type: ignore[arg-type]
+        )
+        raw.set_protocol(tls)
+        tls.connection_made(raw)
+
+
+def _peer(transport: asyncio.BaseTransport | None) -> str:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
 def _version() -> str:
