@@ -342,3 +342,118 @@ async def test_too_many_connections_is_retryable() -> None:
             holder.close()
     finally:
         await server.stop(drain=1.0)
+
+
+# -- C: memory held for clients -----------------------------------------------------
+
+
+def large_commit(request: int, tag: bytes, values: int, snapshot: int = 0) -> bytes:
+    """A ``COMMIT`` frame of ``values`` values of 100,000 bytes."""
+    mutations: tuple[object, ...] = ()
+    for i in range(values):
+        mutations += (0, tag + b"/%02d" % i, b"v" * 100_000)
+    fields = (snapshot, -1, mutations, (), (), (), (), False)
+    return frame(MessageType.COMMIT, request, fields)
+
+
+async def test_half_sent_large_frames_share_a_budget() -> None:
+    limits = Limits(max_buffered=4 << 20)
+    async with serving(limits) as (server, db):
+        # Frames of about 1.9 MB: two fit in the budget, a third does not.
+        frames = [large_commit(10 + n, b"slow%d" % n, 19) for n in range(8)]
+        size = len(frames[0])
+        assert 2 * size <= limits.max_buffered < 3 * size
+        slow: list[Raw] = []
+        try:
+            for data in frames:
+                raw = await Raw.connect(server)
+                slow.append(raw)
+                await raw.hello()
+                # A quarter of the frame, then nothing: each would hold its
+                # whole frame for as long as it took to send the rest.
+                raw.send_bytes(data[: size // 4])
+            answers = [asyncio.ensure_future(raw.recv()) for raw in slow]
+            await wait_until(lambda: sum(a.done() for a in answers) == 6)
+            assert server.buffered == 2 * size
+            assert sum(c.reader.pending for c in server.connections) <= limits.max_buffered
+            refused = [raw for raw, answer in zip(slow, answers, strict=True) if answer.done()]
+            for answer in answers:
+                if answer.done():
+                    kind, _, (code, message) = answer.result()
+                    assert (kind, code) == (MessageType.ERROR, ErrorCode.UNAVAILABLE)
+                    assert "receive buffer budget" in message
+            # Small frames are still served, to everyone...
+            await asyncio.wait_for(db.set(b"small", b"1"), HANG)
+            assert await read_in_new_transaction(db, b"small") == b"1"
+            # ...and a large commit is refused, retryably, while the budget is held.
+            with pytest.raises(shale.Unavailable, match="receive buffer budget"):
+                async with db.transaction() as tr:
+                    for i in range(30):
+                        tr.set(b"large/%02d" % i, b"v" * 90_000)
+            # The slow senders finish: the two held frames are committed, the
+            # refused ones were skipped, and every connection goes on.
+            for raw, data in zip(slow, frames, strict=True):
+                raw.send_bytes(data[size // 4 :])
+            for raw, answer in zip(slow, answers, strict=True):
+                if raw not in refused:
+                    kind, _, fields = await asyncio.wait_for(answer, HANG)
+                    assert kind == MessageType.COMMIT | 0x80, fields
+                await raw.pings()
+        finally:
+            for raw in slow:
+                raw.close()
+        await wait_until(lambda: server.buffered == 0)
+        assert [await db.get(b"slow%d/00" % n) is not None for n in range(8)].count(True) == 2
+        async with db.transaction() as tr:
+            for i in range(30):
+                tr.set(b"large/%02d" % i, b"v" * 90_000)
+        assert len(await db.get(b"large/29") or b"") == 90_000
+
+
+async def test_a_refused_frame_is_skipped_and_the_connection_goes_on() -> None:
+    async with serving(Limits(max_buffered=1 << 20)) as (server, db):
+        raw = await Raw.connect(server)
+        try:
+            await raw.hello()
+            await raw.call(MessageType.OPEN, 2, (1, None))
+            data = large_commit(7, b"big", 13, snapshot=1)
+            assert len(data) > 1 << 20
+            raw.send_bytes(data)
+            await raw.refused(
+                7,
+                ErrorCode.UNAVAILABLE,
+                f"COMMIT: a frame of {len(data) - 4} bytes does not fit in what is left "
+                f"of the server's receive buffer budget ({1 << 20} bytes); retry",
+            )
+            await raw.pings()
+            # Like any refused commit, it released the snapshot it named.
+            assert snapshots_held(server) == 0
+            assert server.buffered == 0
+            assert await db.get(b"big/00") is None
+        finally:
+            raw.close()
+
+
+async def test_feed_watches_on_unknown_names_leave_no_state() -> None:
+    names = 100_000
+    async with serving(Limits(max_watches=names)) as (server, db):
+        raw = await Raw.connect(server)
+        try:
+            await raw.hello()
+            raw.send_bytes(
+                b"".join(
+                    frame(MessageType.WATCH_FEED, 10 + n, (f"feed-{n}",)) for n in range(names)
+                )
+            )
+            await raw.pings()
+            assert len(next(c for c in authenticated(server) if c.watches).watches) == names
+        finally:
+            raw.close()
+        await wait_until(lambda: len(authenticated(server)) == 1)
+        assert server.db._next_change == {}
+        assert server.feed_watches == {}
+        # Watching still works for those who stay: a commit wakes them.
+        async with db.transaction() as tr:
+            fired = db.next_change("feed-0")
+            tr.set(b"x", b"1")
+        await asyncio.wait_for(fired, HANG)

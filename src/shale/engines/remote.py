@@ -110,7 +110,8 @@ class _Link(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             for kind, request, body in self.reader.feed(data):
-                self._reply(kind, request, body)
+                if body is not None:  # always: this reader has no budget to refuse for
+                    self._reply(kind, request, body)
         except (FrameError, errors.ProtocolError, TypeError, ValueError) as exc:
             self._fail(errors.ProtocolError(f"the server sent a bad frame: {exc}"))
 

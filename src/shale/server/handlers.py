@@ -159,27 +159,25 @@ def _commit(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
 
 def _watch_feed(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
     check_fields(fields, str)
-    future = conn.server.db.next_change(fields[0])
-    _watch(conn, MessageType.WATCH_FEED, request, future, own=False)
+    (name,) = fields
+    _check_watch(conn, request)
+    server = conn.server
+    future = server.watch_feed(name)
+    _watch(conn, MessageType.WATCH_FEED, request, future, lambda: server.unwatch_feed(name, future))
 
 
 def _watch_key(conn: Connection, request: int, fields: tuple[Any, ...]) -> None:
     check_fields(fields, bytes, (bytes, type(None)))
     key, seen = fields
+    _check_watch(conn, request)
     db = conn.server.db
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    _watch(conn, MessageType.WATCH_KEY, request, future, own=True)
+    _watch(conn, MessageType.WATCH_KEY, request, future, future.cancel)
     future.add_done_callback(lambda _: db._prune_watches(key))
     db._add_watch(key, seen, future)
 
 
-def _watch(
-    conn: Connection, kind: int, request: int, future: asyncio.Future[None], own: bool
-) -> None:
-    """Answer ``request`` when ``future`` resolves. A feed's future is shared
-    with other watchers, so a closing connection only removes its callback
-    from it; a key watch's future is the connection's ``own``, and is
-    cancelled with it."""
+def _check_watch(conn: Connection, request: int) -> None:
     if request == 0 or request in conn.watches:
         raise errors.ProtocolError("a watch needs a request id of its own")
     if len(conn.watches) >= conn.limits.max_watches:
@@ -187,11 +185,24 @@ def _watch(
             ErrorCode.TOO_MANY_REQUESTS, f"more than {conn.limits.max_watches} watches"
         )
 
+
+def _watch(
+    conn: Connection,
+    kind: int,
+    request: int,
+    future: asyncio.Future[None],
+    drop: Callable[[], object],
+) -> None:
+    """Answer ``request`` when ``future`` resolves; ``drop`` it if the
+    connection ends first. A feed's future is shared with the feed's other
+    watchers, so dropping gives up this connection's share; a key watch's
+    future is the connection's own, and dropping cancels it."""
+
     def fired(_: asyncio.Future[None]) -> None:
         if conn.watches.pop(request, None) is not None:
             conn.send(kind | REPLY, request, ())
 
-    conn.watches[request] = (future, fired, own)
+    conn.watches[request] = (future, fired, drop)
     future.add_done_callback(fired)
 
 

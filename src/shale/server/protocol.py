@@ -33,12 +33,14 @@ __all__ = [
     "HEADER",
     "PROTOCOL_VERSION",
     "REPLY",
+    "SMALL_FRAME",
     "ErrorCode",
     "FrameError",
     "FrameReader",
     "FrameWriter",
     "Limits",
     "MessageType",
+    "ReceiveBudget",
     "check_fields",
     "decode_body",
     "decode_commit",
@@ -58,6 +60,10 @@ HANDSHAKE_LIMIT = 4096
 
 REPLY = 0x80
 """Set on the type of a successful reply: ``GET`` is answered by ``GET | REPLY``."""
+
+SMALL_FRAME = 64 << 10
+"""Frames up to this size (length field included) are received without
+asking the ``ReceiveBudget``: every connection may hold one partly received."""
 
 
 class MessageType(enum.IntEnum):
@@ -198,6 +204,11 @@ class Limits:
     dropped."""
     range_bytes: int = 1 << 20
     """A ``GET_RANGE`` reply stops at about this many bytes of rows."""
+    max_buffered: int = 256 << 20
+    """Bytes the whole server may hold of frames larger than ``SMALL_FRAME``
+    that are partly received, each counted whole from its first bytes. A
+    frame that does not fit is refused with ``UNAVAILABLE`` and skipped as
+    it arrives; the connection goes on."""
 
 
 def frame(kind: int, request: int, fields: Sequence[Any]) -> bytes:
@@ -216,26 +227,74 @@ class FrameError(errors.ProtocolError):
         self.code = code
 
 
+class ReceiveBudget:
+    """Bytes of partly received large frames, shared by every connection
+    of a server, so that many slow senders of large frames cannot hold
+    ``max_frame`` each. A frame is counted whole from its first bytes
+    until it is complete (or its connection ends)."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        """Count ``size`` bytes if they fit in what is left."""
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.used -= size
+
+
 class FrameReader:
     """Cuts a byte stream into frames, refusing bad lengths before buffering
-    a frame's body."""
+    a frame's body. With a ``budget``, a frame larger than ``SMALL_FRAME``
+    is buffered only if the budget has room for all of it; otherwise it is
+    yielded with ``None`` for a body as soon as its type and id are known,
+    and its bytes are dropped as they arrive."""
 
-    def __init__(self, max_frame: int) -> None:
+    def __init__(self, max_frame: int, budget: ReceiveBudget | None = None) -> None:
         self.max_frame = max_frame
+        self.budget = budget
         self._buffer = bytearray()
+        self._reserved = 0
+        """What the frame being received holds of the budget."""
+        self._skip = 0
+        """Bytes still to drop of a refused frame."""
+        self.refused_length = 0
+        """The length field of the last frame refused."""
+        self.refused_head = b""
+        """Up to 16 bytes of the refused frame's body: what arrived with its header."""
 
     @property
     def pending(self) -> int:
         """Bytes received that do not yet make a whole frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    def discard(self) -> None:
+        """Drop what is buffered and give back its budget: the stream ended."""
+        self._buffer.clear()
+        self._skip = 0
+        if self._reserved and self.budget is not None:
+            self.budget.give(self._reserved)
+        self._reserved = 0
+
+    def feed(self, data: bytes) -> Iterator[tuple[int, int, bytes | None]]:
         """Add ``data``; yield ``(type, request id, body)`` for each complete
-        frame.
+        frame, and ``(type, request id, None)`` for one refused for the
+        budget.
 
         Raises:
             FrameError: a length below 5 or above ``max_frame``.
         """
+        if self._skip:
+            dropped = min(self._skip, len(data))
+            self._skip -= dropped
+            data = memoryview(data)[dropped:]  # type: ignore[assignment]
         buffer = self._buffer
         buffer += data
         start = 0
@@ -254,12 +313,28 @@ class FrameReader:
                     )
                 stop = start + 4 + length
                 if stop > end:
+                    if self._reserved or length + 4 <= SMALL_FRAME or self.budget is None:
+                        break
+                    if self.budget.take(length + 4):
+                        self._reserved = length + 4
+                        break
+                    if end - start < 9:
+                        break  # its type and id first, to answer it by
+                    _, kind, request = HEADER.unpack_from(buffer, start)
+                    self.refused_length = length
+                    self.refused_head = bytes(buffer[start + 9 : min(end, start + 25)])
+                    self._skip = stop - end
+                    start = end
+                    yield kind, request, None
                     break
                 _, kind, request = HEADER.unpack_from(buffer, start)
                 body = bytes(buffer[start + 9 : stop])
                 # Consumed before it is yielded: a caller that stops after
                 # this frame (to apply backpressure) leaves only the rest.
                 start = stop
+                if self._reserved:
+                    self.budget.give(self._reserved)  # type: ignore[union-attr]
+                    self._reserved = 0
                 yield kind, request, body
         finally:
             del buffer[:start]

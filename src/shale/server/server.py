@@ -50,7 +50,7 @@ import logging
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, cast
 
 from shale import errors
@@ -58,8 +58,9 @@ from shale import tuple as tuples
 from shale.core.database import FEED_DECLARATIONS, Database
 from shale.core.database import open as open_database
 from shale.core.idempotency import IDEMPOTENCY_RETENTION, sweep_idempotency_ids
-from shale.engines.base import CommitRequest, EngineSnapshot, Mutation, MutationType
+from shale.engines.base import CommitRequest, EngineSnapshot, KeyRange, Mutation, MutationType
 from shale.engines.feedlog import FeedSpec, decode_declaration
+from shale.keys import strinc
 from shale.server import eager
 from shale.server.handlers import HANDLERS, release_snapshot
 from shale.server.protocol import (
@@ -72,6 +73,7 @@ from shale.server.protocol import (
     FrameWriter,
     Limits,
     MessageType,
+    ReceiveBudget,
     check_fields,
     decode_body,
     error_of,
@@ -142,6 +144,12 @@ class Server:
         TLS handshake included, oldest first: at most
         ``limits.max_unauthenticated``."""
         self.refusals = _Throttled()
+        self.budget = ReceiveBudget(self.limits.max_buffered)
+        """Bytes of large frames partly received, across connections."""
+        self.feed_watches: dict[str, tuple[asyncio.Future[None], int]] = {}
+        """Pending ``WATCH_FEED`` by feed name: the future the watching
+        connections share and how many they are. The last one to go takes
+        the entry with it, so names that nobody watches cost nothing."""
         self.port = 0
         self.host = ""
         self._server: asyncio.Server | None = None
@@ -207,6 +215,11 @@ class Server:
             return Connection(self)
         return _TlsAccept(self, self.ssl_context)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of the receive budget in use."""
+        return self.budget.used
+
     def admit(self, connection: Connection) -> None:
         """Count a connection just accepted against ``max_unauthenticated``;
         if the cap is full, close the oldest connection still without the
@@ -247,12 +260,48 @@ class Server:
             undo()
             raise
         db._notify_watches(request.write_keys, request.write_ranges)
-        if db._next_change:
+        if db._next_change or self.feed_watches:
             stamped_keys = request.versionstamped and any(
                 m[0] is MutationType.SET_VERSIONSTAMPED_KEY for m in request.mutations
             )
-            db._changed(request.write_keys, request.write_ranges, stamped_keys)
+            if db._next_change:  # subscribers in this process
+                db._changed(request.write_keys, request.write_ranges, stamped_keys)
+            self._wake_feeds(request.write_keys, request.write_ranges, stamped_keys)
         return result.version, result.batch_order
+
+    # -- feed watches: one shared future per watched name --------------------
+
+    def watch_feed(self, name: str) -> asyncio.Future[None]:
+        """The future a new watcher of ``name`` waits on; ``unwatch_feed``
+        when it stops waiting unanswered."""
+        entry = self.feed_watches.get(name)
+        if entry is None:
+            entry = (asyncio.get_running_loop().create_future(), 0)
+        future, watchers = entry
+        self.feed_watches[name] = (future, watchers + 1)
+        return future
+
+    def unwatch_feed(self, name: str, future: asyncio.Future[None]) -> None:
+        entry = self.feed_watches.get(name)
+        if entry is None or entry[0] is not future:
+            return  # fired meanwhile: the entry went with it
+        if entry[1] > 1:
+            self.feed_watches[name] = (future, entry[1] - 1)
+        else:
+            del self.feed_watches[name]
+            future.cancel()
+
+    def _wake_feeds(self, keys: Iterable[bytes], ranges: Iterable[KeyRange], stamped: bool) -> None:
+        """Answer the watches of the feeds a commit may have written to: those
+        whose prefix it touches, every one if it wrote versionstamped keys
+        (whose final keys are not looked at), and every name that is not a
+        declared feed."""
+        feeds = self.db.feeds
+        for name, (future, _) in list(self.feed_watches.items()):
+            spec = feeds.get(name)
+            if spec is None or stamped or _touches(spec.prefix, keys, ranges):
+                del self.feed_watches[name]
+                future.set_result(None)
 
     def _declare(self, request: CommitRequest) -> Callable[[], None]:
         """Apply the feed declarations and drops a commit writes before it is
@@ -320,6 +369,11 @@ releases are answered at once."""
 _ANSWERED = _COUNTED | {MessageType.WATCH_FEED, MessageType.WATCH_KEY}
 """Requests that exist for their reply, so they need an id to carry it."""
 
+_NAMES = frozenset(MessageType)
+
+_Drop = Callable[[], object]
+"""What to do with a pending watch when its connection ends."""
+
 _HOUSEKEEPING = frozenset({MessageType.PING, MessageType.RELEASE})
 """Still served while the server stops: they start no work, and refusing
 a one-way ``RELEASE`` would close the connection under running commits."""
@@ -331,7 +385,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.limits = server.limits
-        self.reader = FrameReader(HANDSHAKE_LIMIT)
+        self.reader = FrameReader(HANDSHAKE_LIMIT, server.budget)
         self.tasks: set[asyncio.Future[tuple[Any, ...]]] = set()
         self.shielded: set[asyncio.Future[tuple[Any, ...]]] = set()
         """The tasks of ``tasks`` that a lost connection does not cancel."""
@@ -345,10 +399,10 @@ class Connection(asyncio.Protocol):
         ``COMMIT`` naming it or a new ``OPEN`` of it forgets it. At most
         ``max_snapshots`` are kept, the oldest forgotten first."""
         self._expiry: asyncio.TimerHandle | None = None
-        self.watches: dict[int, tuple[asyncio.Future[None], Callable[..., None], bool]] = {}
-        """Watches by request id: the future, the callback answering it, and
-        whether the future is this connection's own (a key watch's) rather
-        than shared (a feed's)."""
+        self.watches: dict[int, tuple[asyncio.Future[None], Callable[..., None], _Drop]] = {}
+        """Pending watches by request id: the future, the callback answering
+        it, and what to do if the connection ends first (cancel a key
+        watch's future, which is its own; give up a feed's shared one)."""
         self.transport: asyncio.Transport | None = None
         self.raw: asyncio.Transport | None = None
         """The TCP transport under a TLS connection, while its handshake runs."""
@@ -458,7 +512,9 @@ class Connection(asyncio.Protocol):
             for kind, request, body in self.reader.feed(data):
                 if self.closed:
                     return
-                if self.authenticated:
+                if body is None:
+                    self._over_budget(kind, request)
+                elif self.authenticated:
                     self._dispatch(kind, request, body)
                 else:
                     self._hello(kind, request, body)
@@ -501,11 +557,11 @@ class Connection(asyncio.Protocol):
         for handle in (self._timer, self._stall, self._expiry):
             if handle is not None:
                 handle.cancel()
-        for future, callback, own in self.watches.values():
+        for future, callback, drop in self.watches.values():
             future.remove_done_callback(callback)
-            if own:
-                future.cancel()
+            drop()
         self.watches.clear()
+        self.reader.discard()
         for task in list(self.tasks):
             if task not in self.shielded:
                 task.cancel()
@@ -624,6 +680,34 @@ class Connection(asyncio.Protocol):
             self._refuse(request, ErrorCode.INVALID_FIELDS, f"{MessageType(kind).name}: {exc}")
         except errors.ShaleError as exc:
             self._refuse(request, error_of(exc), str(exc))
+
+    def _over_budget(self, kind: int, request: int) -> None:
+        """Refuse a large frame the receive budget has no room for; its bytes
+        are dropped as they arrive, and the connection goes on. Refusing it
+        rather than pausing the connection until there is room: a paused
+        connection would keep what it holds, and everything else pipelined
+        on it would wait behind the frame; closing it would fail all of that
+        instead. The client retries the request (``Unavailable``)."""
+        length = self.reader.refused_length
+        self.server.refusals.warning(
+            "%s refused a frame of %d bytes: the receive buffer budget is in use",
+            self.peer,
+            length,
+        )
+        if kind == MessageType.COMMIT:
+            # Its snapshot is released as for any refused commit, if the
+            # id came with the header: a positive tuple-encoded int.
+            head = self.reader.refused_head
+            size = head[0] - 0x14 if head else 0
+            if 0 < size <= 8 and len(head) > size:
+                self.release(int.from_bytes(head[1 : 1 + size], "big"))
+        name = MessageType(kind).name if kind in _NAMES else f"{kind:#x}"
+        self._refuse(
+            request,
+            ErrorCode.UNAVAILABLE,
+            f"{name}: a frame of {length} bytes does not fit in what is left of the "
+            f"server's receive buffer budget ({self.limits.max_buffered} bytes); retry",
+        )
 
     def _release_named(self, body: bytes) -> None:
         """Release the snapshot a refused commit names, if it names one."""
@@ -808,6 +892,13 @@ class _TlsAccept(asyncio.Protocol):
         )
         raw.set_protocol(tls)
         tls.connection_made(raw)
+
+
+def _touches(prefix: bytes, keys: Iterable[bytes], ranges: Iterable[KeyRange]) -> bool:
+    end = strinc(prefix)
+    return any(key.startswith(prefix) for key in keys) or any(
+        begin < end and prefix < stop for begin, stop in ranges
+    )
 
 
 def _peer(transport: asyncio.BaseTransport | None) -> str:
