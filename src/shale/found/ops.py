@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Final
+from urllib.parse import urlsplit
 
 import shale
 from shale.core.selectors import KeySelector
@@ -33,6 +34,18 @@ from shale.found.transaction import Transaction, seam
 __all__ = [
     "CONFLICT_RANGE_TYPE_READ",
     "CONFLICT_RANGE_TYPE_WRITE",
+    "MUTATION_ADD",
+    "MUTATION_APPEND_IF_FITS",
+    "MUTATION_BIT_AND",
+    "MUTATION_BIT_OR",
+    "MUTATION_BIT_XOR",
+    "MUTATION_BYTE_MAX",
+    "MUTATION_BYTE_MIN",
+    "MUTATION_COMPARE_AND_CLEAR",
+    "MUTATION_MAX",
+    "MUTATION_MIN",
+    "MUTATION_SET_VERSIONSTAMPED_KEY",
+    "MUTATION_SET_VERSIONSTAMPED_VALUE",
     "STREAMING_MODE_EXACT",
     "STREAMING_MODE_ITERATOR",
     "STREAMING_MODE_LARGE",
@@ -52,6 +65,7 @@ __all__ = [
     "compare_and_clear",
     "estimated_size_bytes",
     "get",
+    "get_addresses_for_key",
     "get_client_version",
     "get_key",
     "get_range_split_points",
@@ -93,6 +107,21 @@ _FIRST_BATCH: Final = {
 
 CONFLICT_RANGE_TYPE_READ: Final = 0
 CONFLICT_RANGE_TYPE_WRITE: Final = 1
+
+# FoundationDB's MutationType codes of the atomic operations below; found
+# keeps them in found.base. Informational: each operation is its own function.
+MUTATION_ADD: Final = 2
+MUTATION_BIT_AND: Final = 6
+MUTATION_BIT_OR: Final = 7
+MUTATION_BIT_XOR: Final = 8
+MUTATION_APPEND_IF_FITS: Final = 9
+MUTATION_MAX: Final = 12
+MUTATION_MIN: Final = 13
+MUTATION_SET_VERSIONSTAMPED_KEY: Final = 14
+MUTATION_SET_VERSIONSTAMPED_VALUE: Final = 15
+MUTATION_BYTE_MIN: Final = 16
+MUTATION_BYTE_MAX: Final = 17
+MUTATION_COMPARE_AND_CLEAR: Final = 20
 
 
 def _check(tx: Transaction) -> None:
@@ -266,6 +295,37 @@ async def get_range_split_points(
             filled += len(k) + len(v)
     points.append(end)
     return points
+
+
+async def get_addresses_for_key(tx: Transaction, key: bytes) -> list[str]:
+    """The addresses of the servers that hold ``key``, as ``"host:port"``
+    strings (``"host:port:tls"`` over TLS, ``"[ipv6]:port"``), the format
+    FoundationDB gives its storage servers.
+
+    Through ``shale://`` that is the one server the database is reached
+    through, with the host as the URL names it (not resolved). An engine
+    with no server of Shale's own (``memory://``, ``sqlite://``) answers
+    ``[]``. Like FoundationDB, it first gets the read version, so a
+    transaction that cannot read raises as a read would.
+    """
+    _check(tx)
+    assert isinstance(key, bytes), "key must be bytes"
+    with seam(tx) as core:
+        await core.get_read_version()
+    return _server_addresses(tx.db.pointer)
+
+
+def _server_addresses(db: shale.Database) -> list[str]:
+    # Imported here: an engine module is no import of the facade's, and
+    # only this call needs to recognise the one engine that has a server.
+    from shale.engines.remote import RemoteEngine
+
+    engine = db.engine
+    if not isinstance(engine, RemoteEngine):
+        return []
+    host, port = engine.address
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return [address + ":tls" if urlsplit(db.url).scheme.lower() == "shale+tls" else address]
 
 
 def get_client_version() -> str:
