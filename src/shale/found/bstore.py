@@ -5,7 +5,8 @@ Differences from found: an empty blob reads back as ``b""`` (found raised
 ``BStoreException``), and each ``get_or_create`` counts a reference in a
 key found does not use, so ``shale.layers.bstore.BStore.delete`` can free
 a blob once nobody holds it. Larger-than-transaction blobs, streaming and
-deletion are in the Shale API only.
+deletion are in the Shale API only. found 0.13's path for this module,
+``shale.found.ext.bstore``, re-exports it with found's constants.
 """
 
 from __future__ import annotations

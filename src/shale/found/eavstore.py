@@ -7,6 +7,9 @@ changed entity; and ``get``/``query`` scan exactly one uid or one
 ``(key, value)``, never a longer string that starts with it and a NUL.
 ``create`` with an explicit ``uid`` that exists merges the attributes, as
 found's did, but keeps the index in step with the values it replaces.
+
+found 0.13's path for this module, ``shale.found.ext.eavstore``, re-exports
+it with found's constants.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ Differences from found (``docs/nstore.md`` has the reasons):
 
 ``query`` joins the patterns left to right, as found does, so results come
 in found's order; ``NStore.query`` in ``shale.layers`` plans the order.
+
+found 0.13's path for this module, ``shale.found.ext.nstore``, re-exports
+it with found's index-set helpers (``bc``, ``ok``, ...).
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ the bytes. Differences from found, each deliberate:
 * Bad input raises ``PStoreException`` before anything is written (found
   defined it and never raised it); ``search(..., ranking="bm25")`` ranks by
   BM25 instead of raw counts.
+
+found 0.13's path for this module, ``shale.found.ext.pstore``, re-exports
+it with found's constants.
 """
 
 from __future__ import annotations

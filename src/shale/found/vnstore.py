@@ -16,6 +16,9 @@ found, each a fix (``docs/vnstore.md``):
   raising ``KeyError``/``AssertionError``;
 - ``select`` yields each live tuple once;
 - ``ask``/``select``/``where``/``query`` take ``as_of=changeid``.
+
+found 0.13's path for this module is ``shale.found.ext.vnstore``; found's
+web UI helpers are ``shale.found.ext.vnstore.server``.
 """
 
 from __future__ import annotations
