@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 from shale.engines.atomic import apply_atomic
 from shale.engines.base import Capabilities, CommitRequest, CommitResult, Mutation, MutationType
 from shale.engines.feedlog import FeedCapture
-from shale.engines.local import BatchItem, GroupCommitter, Resolver, stamp_of
+from shale.engines.local import BatchItem, GroupCommitter, Resolver, failed_in_engine, stamp_of
 from shale.engines.options import window_option
 from shale.errors import (
     DatabaseLockedError,
@@ -345,26 +345,49 @@ class SQLiteEngine:
             raise ReadOnlyError(f"{self.path} is open read-only (its format is newer)")
         return await self._committer.commit(request)
 
-    async def _apply(self, version: int, batch: list[BatchItem]) -> None:
-        await self._thread.run(self._write_batch, version, batch)
+    async def _apply(self, version: int, batch: list[BatchItem]) -> list[Exception | None]:
+        outcomes: list[Exception | None] = []
+        await self._thread.run(self._write_batch, version, batch, outcomes)
+        return outcomes
 
-    def _write_batch(self, version: int, batch: list[BatchItem]) -> None:
+    def _write_batch(
+        self, version: int, batch: list[BatchItem], outcomes: list[Exception | None]
+    ) -> None:
         conn = self._writer
         state = _Current(conn)
         with _mapped(self.path):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for order, (mutations, feeds) in enumerate(batch):
-                    capture = FeedCapture(feeds, mutations, state) if feeds else None
-                    _write_mutations(conn, mutations)
-                    if capture is not None:
-                        _write_mutations(conn, capture.finish(state, stamp_of(version, order)))
+                for order, item in enumerate(batch):
+                    outcomes.append(self._write_one(conn, state, stamp_of(version, order), item))
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'version'", (str(version),))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    def _write_one(
+        self, conn: sqlite3.Connection, state: _Current, stamp: bytes, item: BatchItem
+    ) -> Exception | None:
+        """Write one transaction of a batch inside a savepoint, so that one
+        failing half-way (a corrupt feed state, say) is undone alone: a
+        commit reported failed is never applied, and its batch-mates are."""
+        mutations, feeds = item
+        conn.execute("SAVEPOINT tx")
+        try:
+            capture = FeedCapture(feeds, mutations, state) if feeds else None
+            _write_mutations(conn, mutations)
+            if capture is not None:
+                _write_mutations(conn, capture.finish(state, stamp))
+        except Exception as exc:
+            conn.execute("ROLLBACK TO tx")
+            conn.execute("RELEASE tx")
+            return failed_in_engine(
+                _error(self.path, exc) if isinstance(exc, sqlite3.Error) else exc
+            )
+        conn.execute("RELEASE tx")
+        return None
 
     async def close(self) -> None:
         if self._closed:
