@@ -26,7 +26,10 @@ a crash never leaves a stale lock. To share a database, serve it with
 
 SQLite keeps only the newest version of each key, so ``snapshot(version)``
 can serve an older version only while another transaction still holds it
-open (``capabilities.old_snapshots`` is false).
+open (``capabilities.old_snapshots`` is false). Each version held open
+costs a connection; at most ``max_readers`` (URL option, default
+``MAX_READERS``) are open at once, and a snapshot at yet another version is
+refused with ``Unavailable``.
 """
 
 from __future__ import annotations
@@ -49,15 +52,17 @@ from shale.engines.feedlog import FeedCapture
 from shale.engines.local import BatchItem, GroupCommitter, Resolver, failed_in_engine, stamp_of
 from shale.engines.options import window_option
 from shale.errors import (
+    DatabaseClosed,
     DatabaseLockedError,
     EngineError,
     FormatVersionError,
     ReadOnlyError,
     ReadVersionError,
     TransactionTooOld,
+    Unavailable,
 )
 
-__all__ = ["FORMAT_VERSION", "SQLiteEngine", "sqlite_path"]
+__all__ = ["FORMAT_VERSION", "MAX_READERS", "SQLiteEngine", "sqlite_path"]
 
 FORMAT_VERSION = (1, 0)
 """(major, minor) of the on-disk layout. A newer major is refused; a newer
@@ -66,6 +71,11 @@ minor is opened read-only."""
 _FORMAT = "{}.{}".format(*FORMAT_VERSION)
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 _IDLE_READERS = 8
+
+MAX_READERS = 64
+"""Read transactions (one connection and about two file descriptors each)
+open at once by default: snapshots at that many distinct versions. The
+``max_readers`` URL option changes it."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
@@ -104,15 +114,19 @@ def sqlite_path(url: str) -> str:
 
 
 class _Reader:
-    """A WAL read transaction, shared by every snapshot at its version."""
+    """A WAL read transaction, shared by every snapshot at its version.
 
-    __slots__ = ("conn", "refs", "started", "version")
+    ``joined`` is when its newest snapshot joined: the sweep goes by it, not
+    by when the read transaction began (see ``SQLiteEngine._sweep``).
+    """
+
+    __slots__ = ("conn", "joined", "refs", "version")
 
     def __init__(self, conn: sqlite3.Connection, version: int) -> None:
         self.conn = conn
         self.version = version
         self.refs = 0
-        self.started = time.monotonic()
+        self.joined = time.monotonic()
 
 
 class SQLiteSnapshot:
@@ -129,6 +143,8 @@ class SQLiteSnapshot:
     def _conn(self) -> sqlite3.Connection:
         reader = self._reader
         if reader is None or reader.refs <= 0:
+            if self._engine.closed:
+                raise DatabaseClosed(f"{self._engine.path} is closed; open it again to read")
             raise TransactionTooOld(
                 f"snapshot at version {self.read_version} is no longer readable"
             )
@@ -165,6 +181,8 @@ class _WriterThread:
     cost a fraction of ``asyncio.to_thread``'s executor round trip."""
 
     def __init__(self, path: str) -> None:
+        self._path = path
+        self._stopped = False
         self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._serve, name=f"shale-sqlite-writer:{path}", daemon=True
@@ -172,6 +190,8 @@ class _WriterThread:
         self._thread.start()
 
     async def run(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._stopped:  # a job queued behind the stop would wait forever
+            raise DatabaseClosed(f"{self._path} is closed; write refused")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._jobs.put((fn, args, loop, future))
@@ -188,6 +208,7 @@ class _WriterThread:
                 loop.call_soon_threadsafe(_settle, future, None)
 
     def stop(self) -> None:
+        self._stopped = True
         self._jobs.put(None)
         self._thread.join()
 
@@ -209,11 +230,14 @@ class SQLiteEngine:
         durable=True, persistent=True, multi_process=False, old_snapshots=False
     )
 
-    def __init__(self, path: str, synchronous: str, window: float, lock_fd: int) -> None:
+    def __init__(
+        self, path: str, synchronous: str, window: float, max_readers: int, lock_fd: int
+    ) -> None:
         self.path = path
         self.read_only = False
         self._synchronous = synchronous
         self._window = window
+        self._max_readers = max_readers
         self._lock_fd = lock_fd
         self._closed = False
         self._writer = self._connect()
@@ -236,13 +260,18 @@ class SQLiteEngine:
         if mode not in _SYNCHRONOUS:
             raise EngineError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}, not {mode!r}")
         window = window_option(options)
+        max_readers = _max_readers_option(options)
         lock_fd = _lock(path)
         try:
             with _mapped(path):
-                return cls(path, _SYNCHRONOUS[mode], window, lock_fd)
+                return cls(path, _SYNCHRONOUS[mode], window, max_readers, lock_fd)
         except BaseException:
             os.close(lock_fd)
             raise
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -285,7 +314,10 @@ class SQLiteEngine:
             self.read_only = True
 
     async def snapshot(self, version: int | None = None) -> SQLiteSnapshot:
-        self._sweep()
+        if self._closed:
+            raise DatabaseClosed(f"{self.path} is closed; open it again to read")
+        now = time.monotonic()
+        self._sweep(now)
         latest = self._committer.version
         wanted = latest if version is None else version
         reader = self._readers.get(wanted)
@@ -298,6 +330,7 @@ class SQLiteEngine:
                     f"engine can only serve the latest version ({latest}) or one in use"
                 )
             reader = self._begin_reader()
+        reader.joined = now
         snapshot = SQLiteSnapshot(self, reader)
         if version is not None and reader.version != version:
             snapshot.release()
@@ -305,6 +338,15 @@ class SQLiteEngine:
         return snapshot
 
     def _begin_reader(self) -> _Reader:
+        if len(self._readers) >= self._max_readers:
+            # Each version held open costs a connection and its files:
+            # unbounded, a few hundred slow transactions run the process out
+            # of file descriptors. Joining a version already open is free.
+            raise Unavailable(
+                f"{len(self._readers)} snapshots at distinct versions are open on "
+                f"{self.path} (max_readers={self._max_readers}); finish or close "
+                "long-running transactions, or open the database with a higher max_readers"
+            )
         conn = self._idle.pop() if self._idle else self._connect()
         with _mapped(self.path):
             conn.execute("BEGIN")
@@ -331,16 +373,29 @@ class SQLiteEngine:
         else:
             reader.conn.close()
 
-    def _sweep(self) -> None:
-        """End read transactions older than the window, so a forgotten
-        transaction cannot pin the WAL forever."""
-        horizon = time.monotonic() - self._window
-        for reader in [r for r in self._readers.values() if r.started < horizon]:
+    def _sweep(self, now: float) -> None:
+        """End read transactions that no snapshot joined within the window,
+        so a forgotten transaction cannot pin the WAL forever.
+
+        Going by the newest joiner, not by when the read transaction began,
+        keeps a transaction's age its own: a young transaction that joined
+        an old shared reader is not cut off with it (the core checks each
+        transaction's age exactly). The WAL stays bounded all the same, as
+        snapshots join a reader only while its version is the latest (or
+        by ``set_read_version`` to a version in use): once a commit moves
+        on, nothing refreshes it and it ends one window later. Opening a
+        fresh reader instead of joining an old one would also work, but
+        costs a connection per window and two readers at one version.
+        """
+        horizon = now - self._window
+        for reader in [r for r in self._readers.values() if r.joined < horizon]:
             del self._readers[reader.version]
             reader.refs = 0
             self._end_reader(reader)
 
     async def commit(self, request: CommitRequest) -> CommitResult:
+        if self._closed:
+            raise DatabaseClosed(f"{self.path} is closed; commit refused")
         if self.read_only:
             raise ReadOnlyError(f"{self.path} is open read-only (its format is newer)")
         return await self._committer.commit(request)
@@ -392,18 +447,22 @@ class SQLiteEngine:
     async def close(self) -> None:
         if self._closed:
             return
-        await self._committer.drain()
+        # Closed first, so no snapshot opens while accepted commits drain;
+        # the committer refuses new commits and lets queued ones finish.
         self._closed = True
-        for reader in list(self._readers.values()):
-            reader.refs = 0
-            reader.conn.close()
-        self._readers.clear()
-        for conn in self._idle:
-            conn.close()
-        self._idle.clear()
-        self._thread.stop()
-        self._writer.close()
-        os.close(self._lock_fd)
+        try:
+            await self._committer.close()
+        finally:
+            for reader in list(self._readers.values()):
+                reader.refs = 0
+                reader.conn.close()
+            self._readers.clear()
+            for conn in self._idle:
+                conn.close()
+            self._idle.clear()
+            self._thread.stop()
+            self._writer.close()
+            os.close(self._lock_fd)
 
 
 class _Current:
@@ -455,6 +514,24 @@ def _write_mutations(conn: sqlite3.Connection, mutations: Sequence[Mutation]) ->
                 conn.execute(upsert, (key, value))
     if pending:
         conn.executemany(upsert, pending)
+
+
+def _max_readers_option(options: Mapping[str, object]) -> int:
+    """The ``max_readers`` option, checked as ``window_option`` checks its own.
+
+    A float or a bool is refused rather than truncated: ``2.5`` readers is a
+    mistake to report, not a value to guess at.
+    """
+    raw = options.get("max_readers", MAX_READERS)
+    value = 0
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, str):
+        with contextlib.suppress(ValueError):
+            value = int(raw)
+    if value < 1:
+        raise EngineError(f"max_readers must be a positive integer, not {raw!r}")
+    return value
 
 
 def _lock(path: str) -> int:
