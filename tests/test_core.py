@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 import pytest
 
@@ -239,3 +240,20 @@ async def test_cleared_ranges_fire_exactly_the_watches_inside_them(db: shale.Dat
     assert not any(w.done() for k, w in watches.items() if k[-1] >= ord("5"))
     await db.close()
     assert all(w.cancelled() for k, w in watches.items() if k[-1] >= ord("5"))
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite:///{tmp}/closing.db"])
+async def test_a_watch_committing_while_the_database_closes_is_cancelled(
+    url: str, tmp_path: Path
+) -> None:
+    db = await shale.open(url.format(tmp=tmp_path))
+    tr = db.transaction()
+    await tr.get(b"k")
+    watch = tr.watch(b"k")
+    tr.set(b"other", b"1")
+    commit = asyncio.ensure_future(tr.commit())
+    await asyncio.sleep(0)  # the commit is queued in the engine
+    await db.close()
+    await commit  # accepted before the close, so it finishes
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(watch, 2)

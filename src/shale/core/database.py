@@ -227,6 +227,9 @@ class Database:
     def _add_watch(self, key: bytes, seen: bytes | None, future: asyncio.Future[None]) -> None:
         if future.done():
             return
+        if self._closed:  # its commit finished while the handle closed
+            future.cancel()
+            return
         remote = getattr(self.engine, "watch", None)
         if remote is not None:  # the server sees every client's commits
             remote(key, seen, future)
@@ -245,7 +248,7 @@ class Database:
             self._watch_index = None
 
     def _notify_watches(self, keys: Iterable[bytes], ranges: Sequence[KeyRange]) -> None:
-        if not self._watches:
+        if not self._watches or self._closed:
             return
         touched = {k for k in keys if k in self._watches}
         if ranges:

@@ -601,6 +601,7 @@ class Transaction:
             raise TypeError(f"keys are bytes, not {type(key).__name__}")
         offset = self._check_stamp_offset(key, "key")
         self._check_write_key(key[:-4])
+        self._check_system(MutationType.SET_VERSIONSTAMPED_KEY, key[:-4], value)
         self._check_value(value)
         self._record(MutationType.SET_VERSIONSTAMPED_KEY, key, value)
         self._versionstamped = True

@@ -125,6 +125,10 @@ def decode_declaration(value: bytes) -> FeedSpec:
         # refused here, not fail a whole batch inside the engine.
         raise ValueError(f"a feed declaration has the wrong fields: {fields!r:.200}")
     major, _minor, name, prefix, old_values, max_age, max_entries = fields
+    if not name or not prefix or prefix.startswith(SYSTEM):
+        raise ValueError(
+            f"a feed declaration needs a name and a prefix outside the system keyspace: {fields!r:.200}"
+        )
     if major > FORMAT[0]:
         raise FormatVersionError(
             f"feed {name!r} has format {major}.{_minor}, newer than this Shale reads; "
@@ -145,40 +149,55 @@ _FEED_KEYS = SYSTEM + tuples.pack(("feed",))
 def check_system_write(op: MutationType, key: bytes, param: bytes) -> str | None:
     """Why a write to the system keyspace would corrupt a feed, or ``None``.
 
-    Engines trust what they find under a feed's declaration and state keys
-    while they commit; a malformed one written there would fail every later
-    commit under the feed inside the engine. So those writes are checked
-    when they are made: declarations and states must decode, and neither
-    takes atomic operations.
+    Engines trust what they find under a feed's declaration, state and log
+    keys while they commit; a malformed one would fail every later commit
+    under the feed inside the engine, or make retention clear the wrong
+    keys. So those writes are checked when they are made: declarations and
+    states must decode, a state is versionstamped only as a declaration
+    writes it, log entries are written by engines alone, and none of them
+    takes atomic operations or versionstamped keys.
     """
     if key.startswith(DECLARATIONS):
-        if op is MutationType.CLEAR:
-            return None
-        if op is not MutationType.SET:
-            return "feed declarations are written with set and clear only"
-        try:
-            (name,) = tuples.unpack(key, len(DECLARATIONS))
-            spec = decode_declaration(param)
-        except ValueError as exc:
-            return f"not a feed declaration: {exc}"
-        if spec.name != name:
-            return f"the declaration of feed {name!r} names {spec.name!r}"
-        return None
+        return _check_declaration(op, key, param)
     if not key.startswith(_FEED_KEYS):
         return None
+    if op is MutationType.SET_VERSIONSTAMPED_KEY:
+        return "versionstamped keys cannot be written among a feed's keys"
     try:
         parts = tuples.unpack(key, 1)
     except ValueError:
         return None
-    if len(parts) != 3 or parts[2] != "state" or not isinstance(parts[1], str):
+    if len(parts) < 3 or not isinstance(parts[1], str) or op is MutationType.CLEAR:
         return None
-    if op in (MutationType.CLEAR, MutationType.SET_VERSIONSTAMPED_VALUE):
+    name, kind = parts[1], parts[2]
+    if kind == "log":
+        return "a feed's log is written by the engine alone; clear it, never write it"
+    if kind != "state" or len(parts) != 3:
+        return None
+    if op is MutationType.SET_VERSIONSTAMPED_VALUE:
+        if param != declaration_state(name):
+            return f"a state of feed {name!r} is versionstamped only as its declaration writes it"
         return None
     if op is not MutationType.SET:
         return "a feed's state is written with set and clear only"
     horizon = param[_COUNT.size :]
-    if len(param) < _COUNT.size or (horizon and not horizon.startswith(feed_log(parts[1]))):
-        return f"not a state of feed {parts[1]!r}: {param[:40]!r}"
+    if len(param) < _COUNT.size or (horizon and not horizon.startswith(feed_log(name))):
+        return f"not a state of feed {name!r}: {param[:40]!r}"
+    return None
+
+
+def _check_declaration(op: MutationType, key: bytes, param: bytes) -> str | None:
+    if op is MutationType.CLEAR:
+        return None
+    if op is not MutationType.SET:
+        return "feed declarations are written with set and clear only"
+    try:
+        (name,) = tuples.unpack(key, len(DECLARATIONS))
+        spec = decode_declaration(param)
+    except ValueError as exc:
+        return f"not a feed declaration: {exc}"
+    if spec.name != name:
+        return f"the declaration of feed {name!r} names {spec.name!r}"
     return None
 
 

@@ -186,13 +186,15 @@ class Resolver:
                 self._map.assign(begin, end, batch.version)
         self._folded = batch.version
 
-    def trim(self) -> None:
-        """Forget writes older than the window, raising ``floor``. The map
-        is compacted when it has doubled since it last was, so compaction
-        costs a constant per write, amortized."""
+    def trim(self, committed: int) -> None:
+        """Forget writes older than the window, raising ``floor`` — never
+        above ``committed``, the newest committed version, which readers
+        must always be able to read at (a batch recorded here may have
+        failed as a whole). The map is compacted when it has doubled since
+        it last was, so compaction costs a constant per write, amortized."""
         horizon = time.monotonic() - self.window
         while self._versions and self._versions[0][0] < horizon:
-            self.floor = self._versions.popleft()[1]
+            self.floor = min(self._versions.popleft()[1], committed)
         while self._tail and self._tail[0].version <= self.floor:
             self._tail.popleft()
         if len(self._map) > 2 * self._compacted + 1024:
@@ -289,7 +291,7 @@ class GroupCommitter:
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         version = self.version + 1
-        self.resolver.trim()
+        self.resolver.trim(self.version)
         accepted: list[tuple[_Pending, int]] = []
         writes: list[BatchItem] = []
         for pending in batch:
@@ -314,9 +316,10 @@ class GroupCommitter:
             if not isinstance(exc, Exception):
                 raise
             return
-        if any(outcome is None for outcome in outcomes):
-            self.version = version
-            self.batches += 1
+        # The version is spent even if every transaction failed: engines
+        # record it (SQLite's meta row), and a reader may already be at it.
+        self.version = version
+        self.batches += 1
         for (pending, order), outcome in zip(accepted, outcomes, strict=True):
             if pending.future.done():
                 continue
