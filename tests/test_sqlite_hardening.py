@@ -1,21 +1,36 @@
 """The SQLite engine under pressure and misuse: transaction age on shared
-readers, the cap on open readers, and use after close."""
+readers, the one-process lock under every name of the file, files that are
+not Shale's, the cap on open readers, and use after close."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import shale
+from shale.cli import main as cli_main
 from shale.engines.base import CommitRequest, MutationType
 from shale.engines.sqlite import MAX_READERS, SQLiteEngine
 
 
 def url_of(path: Path) -> str:
     return f"sqlite:////{str(path).lstrip('/')}"
+
+
+def files_in(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file's bytes and mtime: what "left untouched" compares."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.iterdir())}
 
 
 def open_fds() -> int:
@@ -109,6 +124,330 @@ async def test_a_forgotten_snapshot_is_still_ended_by_the_sweep(tmp_path: Path) 
         assert await fresh.get(b"k") == b"v"
         forgotten.release()
         fresh.release()
+
+
+# -- 2. the one-process lock holds for every name of the file -----------------
+
+HOLDER = textwrap.dedent(
+    """
+    import asyncio, sys, shale
+    async def main():
+        db = await shale.open(sys.argv[1])
+        await db.set(b"held", b"1")
+        print("ready", flush=True)
+        await asyncio.sleep(60)
+    asyncio.run(main())
+    """
+)
+
+
+@contextlib.contextmanager
+def held_by_another_process(url: str) -> Iterator[int]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        yield holder.pid
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
+async def test_every_name_of_a_file_held_by_another_process_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = tmp_path / "real.db"
+    with held_by_another_process(url_of(real)) as pid:
+        (tmp_path / "symlink.db").symlink_to(real)
+        os.link(real, tmp_path / "hardlink.db")
+        (tmp_path / "dirlink").symlink_to(tmp_path, target_is_directory=True)
+        monkeypatch.chdir(tmp_path)
+        names = set(os.listdir(tmp_path))
+        urls = {
+            "symlink": url_of(tmp_path / "symlink.db"),
+            "hard link": url_of(tmp_path / "hardlink.db"),
+            "relative path": "sqlite:///real.db",
+            "symlinked directory": url_of(tmp_path / "dirlink" / "real.db"),
+        }
+        for name, url in urls.items():
+            with pytest.raises(shale.DatabaseLockedError, match="open in another process") as info:
+                await shale.open(url)
+            if name != "hard link":  # a hard link's own name has no pid file to read
+                assert f"pid {pid}" in str(info.value), name
+        assert set(os.listdir(tmp_path)) == names, "a refused open created files"
+
+
+async def test_a_second_open_in_the_same_process_is_refused_under_every_name(
+    tmp_path: Path,
+) -> None:
+    real = tmp_path / "twice.db"
+    async with await shale.open(url_of(real)) as db:
+        await db.set(b"k", b"v")
+        (tmp_path / "symlink.db").symlink_to(real)
+        os.link(real, tmp_path / "hardlink.db")
+        for name in ("twice.db", "symlink.db", "hardlink.db"):
+            with pytest.raises(
+                shale.DatabaseLockedError, match="already open in this process"
+            ) as info:
+                await shale.open(url_of(tmp_path / name))
+            assert "another process" not in str(info.value)
+            assert str(os.getpid()) not in str(info.value)
+        assert await db.get(b"k") == b"v"
+    async with await shale.open(url_of(tmp_path / "hardlink.db")) as db:
+        assert await db.get(b"k") == b"v"
+
+
+COMMITTER = textwrap.dedent(
+    """
+    import asyncio, sys, shale
+    async def main():
+        db = await shale.open(sys.argv[1])
+        for i in range(50):
+            await db.set(b"k/%02d" % i, b"acknowledged")
+        print("committed", flush=True)
+        await asyncio.sleep(60)
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_crash_under_one_name_loses_nothing_when_opened_under_another(
+    tmp_path: Path,
+) -> None:
+    """SQLite keeps the WAL beside the name it opened the file by; after a
+    crash, the acknowledged tail of the database is only there. An open
+    through a hard link must still find it."""
+    real, link = tmp_path / "real.db", tmp_path / "link.db"
+    async with await shale.open(url_of(real)) as db:
+        await db.set(b"before", b"1")
+    os.link(real, link)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", COMMITTER, url_of(real)], stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout is not None
+    assert writer.stdout.readline().strip() == "committed"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert (tmp_path / "real.db-wal").stat().st_size > 0
+    for name in (link, real, link):
+        async with await shale.open(url_of(name)) as db, db.transaction() as tr:
+            assert len(await tr.get_range(b"k/", b"k0")) == 50, name
+            await db.set(b"after " + name.name.encode(), b"1")
+    async with await shale.open(url_of(real)) as db:
+        assert await db.get(b"after link.db") == await db.get(b"after real.db") == b"1"
+
+
+INCREMENTER = textwrap.dedent(
+    """
+    import asyncio, sys, shale
+    async def main(url, count):
+        try:
+            db = await shale.open(url)
+        except shale.DatabaseLockedError:
+            print("refused", flush=True)
+            return
+        print("open", flush=True)
+        sys.stdin.readline()
+        async def bump(tr):
+            tr.set(b"n", b"%d" % (int(await tr.get(b"n") or b"0") + 1))
+        async def worker():
+            for _ in range(count // 4):
+                await db.run(bump)
+        await asyncio.gather(*(worker() for _ in range(4)))
+        await db.close()
+        print("done", flush=True)
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    """
+)
+
+
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+async def test_two_processes_through_two_names_lose_no_increment(tmp_path: Path, link: str) -> None:
+    """Both processes open before either writes (each waits for a go on
+    stdin while holding the database), so without a shared lock both would
+    run their resolvers side by side and lose increments."""
+    real, other = tmp_path / "count.db", tmp_path / "other.db"
+    async with await shale.open(url_of(real)) as db:
+        await db.set(b"n", b"0")
+    if link == "symlink":
+        other.symlink_to(real)
+    else:
+        os.link(real, other)
+    count = 200
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", INCREMENTER, url_of(path), str(count)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for path in (real, other)
+    ]
+    try:
+        states = []
+        for proc in procs:
+            assert proc.stdout is not None
+            states.append(proc.stdout.readline().strip())
+        for proc, state in zip(procs, states, strict=True):
+            out, _ = proc.communicate("go\n" if state == "open" else "", timeout=120)
+            assert proc.returncode == 0
+            assert state == "refused" or out.strip() == "done"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    acknowledged = count * states.count("open")
+    async with await shale.open(url_of(real)) as db:
+        final = int(await db.get(b"n") or b"0")
+    assert final == acknowledged, f"{acknowledged - final} of {acknowledged} increments lost"
+    assert sorted(states) == ["open", "refused"]
+
+
+FLOCKER = textwrap.dedent(
+    """
+    import fcntl, os, sys, time
+    fds = [os.open(path, os.O_RDONLY | os.O_CREAT) for path in sys.argv[1:]]
+    for fd in fds:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+@pytest.mark.parametrize("journal_mode", ["delete", "wal"])
+def test_sqlite_works_while_another_process_holds_a_flock_on_the_file(
+    tmp_path: Path, journal_mode: str
+) -> None:
+    """The lock is an flock on the database file itself. SQLite locks with
+    POSIX fcntl locks, which on Linux are independent of flock: with a zero
+    busy timeout, any interference would be an immediate "database is
+    locked" here."""
+    path = tmp_path / "plain.db"
+    flocker = subprocess.Popen(
+        [sys.executable, "-c", FLOCKER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert flocker.stdout is not None
+        assert flocker.stdout.readline().strip() == "locked"
+        with contextlib.closing(sqlite3.connect(path, timeout=0, isolation_level=None)) as conn:
+            assert conn.execute(f"PRAGMA journal_mode={journal_mode}").fetchone() == (journal_mode,)
+            conn.execute("CREATE TABLE t (x)")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(100)])
+            conn.execute("COMMIT")
+            with contextlib.closing(sqlite3.connect(path, timeout=0)) as reader:
+                assert reader.execute("SELECT count(*) FROM t").fetchone() == (100,)
+    finally:
+        flocker.kill()
+        flocker.wait()
+
+
+# -- 3. a file that is not Shale's is refused and left untouched ---------------
+
+
+@pytest.mark.parametrize("journal_mode", ["delete", "wal"])
+async def test_a_foreign_sqlite_database_is_refused_untouched(
+    tmp_path: Path, journal_mode: str
+) -> None:
+    path = tmp_path / "theirs.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"PRAGMA journal_mode={journal_mode}")
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.execute("INSERT INTO notes VALUES ('mine, not Shale''s')")
+        conn.commit()
+    before = files_in(tmp_path)
+    assert list(before) == ["theirs.db"]
+    with pytest.raises(shale.ForeignDatabaseError, match=re.escape(str(path))) as info:
+        await shale.open(url_of(path))
+    assert "not a Shale database" in str(info.value)
+    assert files_in(tmp_path) == before
+
+
+async def test_a_foreign_meta_table_without_a_format_row_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "theirs.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO meta VALUES ('owner', 'someone else')")
+        conn.commit()
+    before = files_in(tmp_path)
+    with pytest.raises(shale.ForeignDatabaseError, match=re.escape(str(path))):
+        await shale.open(url_of(path))
+    assert files_in(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"hello, I am a text file\n",
+        bytes(range(256)) * 64,
+        b"SQLite format 3\x00" + b"\x00" * 84,
+        b"SQLite format 3\x00" + b"\x10\x00\x02\x02" + b"\x00" * 80,
+    ],
+    ids=["text", "binary", "truncated-header", "truncated-wal-header"],
+)
+async def test_a_file_that_is_not_sqlite_is_refused_untouched(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    before = files_in(tmp_path)
+    with pytest.raises(shale.ForeignDatabaseError, match=re.escape(str(path))):
+        await shale.open(url_of(path))
+    assert files_in(tmp_path) == before
+
+
+def test_shale_ls_refuses_a_foreign_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "theirs.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.commit()
+    before = files_in(tmp_path)
+    assert cli_main(["ls", "--url", url_of(path)]) != 0
+    assert "not a Shale database" in capsys.readouterr().err
+    assert files_in(tmp_path) == before
+
+
+async def test_an_empty_file_becomes_a_shale_database(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.touch()
+    async with await shale.open(url_of(path)) as db:
+        await db.set(b"k", b"v")
+    async with await shale.open(url_of(path)) as db:
+        assert await db.get(b"k") == b"v"
+
+
+CRASH_IN_FIRST_TRANSACTION = textwrap.dedent(
+    """
+    import os, sqlite3, sys
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("PRAGMA cache_size=1")  # spill pages into the file before the commit
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("CREATE TABLE big (b BLOB)")
+    conn.executemany("INSERT INTO big VALUES (?)", [(os.urandom(2000),) for _ in range(200)])
+    os._exit(0)
+    """
+)
+
+
+async def test_a_crash_in_an_empty_files_first_transaction_leaves_it_empty(
+    tmp_path: Path,
+) -> None:
+    """A hot rollback journal cannot be read through a read-only connection;
+    the engine recovers it as any SQLite reader would, and the file is
+    empty again."""
+    path = tmp_path / "crashed.db"
+    path.touch()
+    subprocess.run([sys.executable, "-c", CRASH_IN_FIRST_TRANSACTION, str(path)], check=True)
+    assert (tmp_path / "crashed.db-journal").exists() and path.stat().st_size > 0
+    async with await shale.open(url_of(path)) as db:
+        await db.set(b"k", b"v")
+        assert await db.get(b"k") == b"v"
 
 
 # -- 4. open readers are capped --------------------------------------------------

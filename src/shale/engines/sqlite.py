@@ -2,7 +2,8 @@
 
 Storage is one SQLite file in WAL mode (stdlib ``sqlite3``): a ``kv`` table
 of ``BLOB`` keys, which SQLite orders bytewise as Shale needs, and a
-``meta`` table holding the format version and the last commit version.
+``meta`` table holding the format version, the last commit version and the
+path SQLite opens the file by (see ``_Stored.name``).
 
 Reads run on the event loop's thread, straight from SQLite's page cache:
 a point read costs a few microseconds, less than a thread hop would. Each
@@ -19,10 +20,16 @@ Durability (the ``synchronous`` URL option):
   still crash-safe and atomic, and a process crash loses nothing, but the
   last commits before a power loss or OS crash may be lost.
 
-One process holds a database at a time, enforced by ``flock`` on a
-``-lock`` file beside it, which the kernel drops when the process dies, so
-a crash never leaves a stale lock. To share a database, serve it with
-``shale serve``.
+One process holds a database at a time, enforced by ``flock`` on the
+database file itself, so every name of the file (a symlink, a hard link, a
+relative path) contends for the one lock; the kernel drops it when the
+process dies, so a crash never leaves a stale lock. To share a database,
+serve it with ``shale serve``.
+
+A file that does not exist or is empty becomes a Shale database. Any other
+file must already be one: another program's SQLite database, or a file
+that is not SQLite at all, is refused with ``ForeignDatabaseError`` and
+left byte for byte as it was.
 
 SQLite keeps only the newest version of each key, so ``snapshot(version)``
 can serve an older version only while another transaction still holds it
@@ -43,8 +50,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from shale.engines.atomic import apply_atomic
 from shale.engines.base import Capabilities, CommitRequest, CommitResult, Mutation, MutationType
@@ -55,6 +63,7 @@ from shale.errors import (
     DatabaseClosed,
     DatabaseLockedError,
     EngineError,
+    ForeignDatabaseError,
     FormatVersionError,
     ReadOnlyError,
     ReadVersionError,
@@ -76,6 +85,8 @@ MAX_READERS = 64
 """Read transactions (one connection and about two file descriptors each)
 open at once by default: snapshots at that many distinct versions. The
 ``max_readers`` URL option changes it."""
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
@@ -231,21 +242,28 @@ class SQLiteEngine:
     )
 
     def __init__(
-        self, path: str, synchronous: str, window: float, max_readers: int, lock_fd: int
+        self,
+        path: str,
+        file: str,
+        lock: _FileLock,
+        settings: _Settings,
+        stored: _Stored,
+        read_only: bool,
     ) -> None:
         self.path = path
-        self.read_only = False
-        self._synchronous = synchronous
-        self._window = window
-        self._max_readers = max_readers
-        self._lock_fd = lock_fd
+        self.read_only = read_only
+        self._file = file
+        self._lock = lock
+        self._window = settings.window
+        self._max_readers = settings.max_readers
         self._closed = False
-        self._writer = self._connect()
-        self._writer.execute(f"PRAGMA synchronous={synchronous}")
-        version = self._initialize()
+        record = None if read_only or stored.name == file else file
+        self._writer, version = _open_writer(
+            path, file, settings.synchronous, fresh=stored.format is None, record=record
+        )
         self._idle: list[sqlite3.Connection] = []
         self._readers: dict[int, _Reader] = {}
-        self._committer = GroupCommitter(Resolver(window, version), self._apply, version)
+        self._committer = GroupCommitter(Resolver(settings.window, version), self._apply, version)
         # Batches are written on a thread, so reads and the next batch go on
         # meanwhile. Without an fsync a write is shorter than the hop to the
         # thread, but writing on the loop stops it gathering the next batch:
@@ -256,17 +274,23 @@ class SQLiteEngine:
     @classmethod
     async def open(cls, url: str, options: Mapping[str, object]) -> SQLiteEngine:
         path = sqlite_path(url)
-        mode = str(options.get("synchronous", "full")).lower()
-        if mode not in _SYNCHRONOUS:
-            raise EngineError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}, not {mode!r}")
-        window = window_option(options)
-        max_readers = _max_readers_option(options)
-        lock_fd = _lock(path)
+        settings = _Settings.parse(options)
+        lock = _FileLock(path)
+        lock.acquire()
         try:
             with _mapped(path):
-                return cls(path, _SYNCHRONOUS[mode], window, max_readers, lock_fd)
+                # Checked under the lock, so no other Shale is creating the
+                # file meanwhile, and before the pid file, so a refused
+                # foreign file gets nothing written beside it either.
+                stored = _inspect(path, lock.real)
+                read_only = stored.format is not None and _format_is_read_only(path, stored.format)
+                file = lock.real
+                if stored.name is not None and lock.is_this_file(stored.name):
+                    file = stored.name
+                lock.claim_pid_file(file)
+                return cls(path, file, lock, settings, stored, read_only)
         except BaseException:
-            os.close(lock_fd)
+            lock.release()
             raise
 
     @property
@@ -274,44 +298,7 @@ class SQLiteEngine:
         return self._closed
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        return conn
-
-    def _initialize(self) -> int:
-        """Create or check the schema; return the last commit version."""
-        conn = self._writer
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _SCHEMA.strip().split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
-            if not meta:
-                conn.execute(
-                    "INSERT INTO meta VALUES ('format', ?), ('version', '0')",
-                    (_FORMAT,),
-                )
-                meta = {"format": _FORMAT, "version": "0"}
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        self._check_format(meta.get("format", ""))
-        return int(meta["version"])
-
-    def _check_format(self, stored: str) -> None:
-        try:
-            major, minor = (int(part) for part in stored.split("."))
-        except ValueError:
-            raise FormatVersionError(f"{self.path}: unreadable format version {stored!r}") from None
-        if major > FORMAT_VERSION[0]:
-            raise FormatVersionError(
-                f"{self.path} has format {stored}, newer than this Shale reads "
-                f"({FORMAT_VERSION[0]}.x); upgrade shaledb"
-            )
-        if (major, minor) > FORMAT_VERSION:
-            self.read_only = True
+        return sqlite3.connect(self._file, isolation_level=None, check_same_thread=False)
 
     async def snapshot(self, version: int | None = None) -> SQLiteSnapshot:
         if self._closed:
@@ -462,7 +449,7 @@ class SQLiteEngine:
             self._idle.clear()
             self._thread.stop()
             self._writer.close()
-            os.close(self._lock_fd)
+            self._lock.release()
 
 
 class _Current:
@@ -516,6 +503,22 @@ def _write_mutations(conn: sqlite3.Connection, mutations: Sequence[Mutation]) ->
         conn.executemany(upsert, pending)
 
 
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """The engine's options, validated before anything is opened."""
+
+    synchronous: str
+    window: float
+    max_readers: int
+
+    @classmethod
+    def parse(cls, options: Mapping[str, object]) -> _Settings:
+        mode = str(options.get("synchronous", "full")).lower()
+        if mode not in _SYNCHRONOUS:
+            raise EngineError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}, not {mode!r}")
+        return cls(_SYNCHRONOUS[mode], window_option(options), _max_readers_option(options))
+
+
 def _max_readers_option(options: Mapping[str, object]) -> int:
     """The ``max_readers`` option, checked as ``window_option`` checks its own.
 
@@ -534,23 +537,241 @@ def _max_readers_option(options: Mapping[str, object]) -> int:
     return value
 
 
-def _lock(path: str) -> int:
-    """Take the one-process lock of the database at ``path``; return its fd."""
-    lock_path = path + "-lock"
+def _open_writer(
+    path: str, file: str, synchronous: str, *, fresh: bool, record: str | None
+) -> tuple[sqlite3.Connection, int]:
+    """The writer's connection and the last commit version. A ``fresh``
+    file gets the schema; ``record`` is a new name to keep in ``meta``."""
+    conn = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fresh:
+            # Before WAL is on, so that the schema and the format row land in
+            # one rolled-back-journal transaction on the empty file: a crash
+            # leaves it empty (a new database next time), never a SQLite file
+            # without Shale's tables, which the next open would refuse.
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.strip().split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO meta VALUES ('format', ?), ('version', '0'), ('path', ?)",
+                (_FORMAT, file),
+            )
+            conn.execute("COMMIT")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        if record is not None and not fresh:
+            # Checkpointed at once, so the name is in the main file, where
+            # an open under any other name reads it (see ``_Stored.name``).
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('path', ?)", (record,))
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        row = conn.execute("SELECT value FROM meta WHERE name = 'version'").fetchone()
+        if row is None:
+            raise EngineError(f"{path} has no version in its meta table; the file is damaged")
+        return conn, int(row[0])
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _format_is_read_only(path: str, stored: str) -> bool:
+    """Whether a database of format ``stored`` opens read-only; raise if it
+    cannot be opened at all."""
+    try:
+        major, minor = (int(part) for part in stored.split("."))
+    except ValueError:
+        raise FormatVersionError(f"{path}: unreadable format version {stored!r}") from None
+    if major > FORMAT_VERSION[0]:
+        raise FormatVersionError(
+            f"{path} has format {stored}, newer than this Shale reads "
+            f"({FORMAT_VERSION[0]}.x); upgrade shaledb"
+        )
+    return (major, minor) > FORMAT_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """What a file says about itself, read before anything is written."""
+
+    format: str | None
+    """The format row; ``None`` for an empty file, which becomes a database."""
+    name: str | None
+    """The path SQLite last opened the file by. SQLite names its WAL after
+    that path, so after a crash the committed tail of the database is in a
+    ``-wal`` beside that name only: opened under another name (a hard link)
+    SQLite would not see it, and would lose those commits. While this name
+    still is the same file, every open goes through it."""
+
+
+def _inspect(path: str, file: str) -> _Stored:
+    """What ``file`` holds; ``ForeignDatabaseError`` if it is neither empty
+    nor a Shale database.
+
+    Writes nothing: the check reads through a read-only connection, before
+    WAL is switched on. The one write it may cause is SQLite's recovery of
+    a hot journal left by a crash, which a read-only connection cannot do
+    and every reader of the file would do first.
+    """
+    for _ in range(2):
+        header = _header(path, file)
+        if not header:
+            return _Stored(None, None)
+        # A crash in the first transaction can leave page 1 unwritten: with
+        # a journal beside the file, only SQLite can tell what it is.
+        journal = os.path.exists(file + "-journal")
+        if not header.startswith(_SQLITE_MAGIC) and not journal:
+            raise _foreign(path, "it is not a SQLite file")
+        try:
+            return _read_meta(path, file, header)
+        except sqlite3.Error as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_NOTADB:
+                raise _foreign(path, "it is not a SQLite file") from exc
+            if exc.sqlite_errorcode != sqlite3.SQLITE_READONLY_ROLLBACK:
+                raise
+        conn = sqlite3.connect(file)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    raise EngineError(f"{path}: SQLite could not recover the journal a crash left beside it")
+
+
+def _header(path: str, file: str) -> bytes:
+    try:
+        with open(file, "rb") as f:
+            return f.read(100)
     except OSError as exc:
-        raise EngineError(f"cannot open the database at {path}: {exc.strerror}") from exc
+        raise EngineError(f"cannot read the database at {path}: {exc.strerror}") from exc
+
+
+def _read_meta(path: str, file: str, header: bytes) -> _Stored:
+    # Bytes 18 and 19 of the header are 2 in WAL mode. A WAL file with no
+    # -wal beside it is whole in the main file, and even a read-only
+    # connection would create -wal and -shm files: read it as immutable.
+    whole = header[18:19] == b"\x02" and not os.path.exists(file + "-wal")
+    mode = "immutable=1" if whole else "mode=ro"
+    conn = sqlite3.connect(f"file:{quote(file)}?{mode}", uri=True)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        if ("meta",) not in tables:
+            raise _foreign(path, "it has no Shale meta table")
+        try:
+            sql = "SELECT name, value FROM meta WHERE name IN ('format', 'path')"
+            meta = {str(name): str(value) for name, value in conn.execute(sql)}
+        except sqlite3.OperationalError:  # a meta table of another shape
+            meta = {}
+    finally:
+        conn.close()
+    if "format" not in meta:
+        raise _foreign(path, "its meta table has no Shale format row")
+    return _Stored(meta["format"], meta.get("path"))
+
+
+def _foreign(path: str, why: str) -> ForeignDatabaseError:
+    return ForeignDatabaseError(
+        f"{path} is not a Shale database ({why}); Shale refuses it and leaves it "
+        "untouched. Give the path of a new or empty file, or of a Shale database"
+    )
+
+
+class _FileLock:
+    """The one-process lock of a database file, held under every name of it.
+
+    It is an ``flock`` on the database file itself: a lock file named after
+    the path would give a symlink or a hard link a lock of its own, and two
+    processes would each run a resolver on one file, losing commits. SQLite
+    locks the file with POSIX ``fcntl`` locks, which on Linux are
+    independent of ``flock`` (a test holds one while SQLite works). On NFS,
+    Linux emulates ``flock`` with ``fcntl`` locks; SQLite's WAL needs a
+    local file system anyway.
+
+    The ``-lock`` file beside the name SQLite opens the file by holds the
+    pid for messages, and is locked too, keeping out older Shales that lock
+    only that.
+    """
+
+    _held: ClassVar[set[tuple[int, int]]] = set()
+    """(st_dev, st_ino) of the files this process holds, so that a second
+    open here is told so instead of blaming another process."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.real = os.path.realpath(path)
+        self._fds: list[int] = []
+        self._identity: tuple[int, int] | None = None
+
+    def acquire(self) -> None:
+        """Lock the database file, creating it empty if it does not exist."""
+        fd = self._open(self.real, os.O_RDONLY | os.O_CREAT)
+        status = os.fstat(fd)
+        identity = (status.st_dev, status.st_ino)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._refusal(identity) from None
+        self._fds.append(fd)
+        self._identity = identity
+        self._held.add(identity)
+
+    def is_this_file(self, name: str) -> bool:
+        """Whether ``name`` is a name of the locked file."""
+        try:
+            status = os.stat(name)
+        except OSError:
+            return False
+        return (status.st_dev, status.st_ino) == self._identity
+
+    def claim_pid_file(self, file: str) -> None:
+        """Lock ``file``'s ``-lock`` and write this process's pid in it."""
+        fd = self._open(file + "-lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._refusal(None) from None
+        self._fds.append(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        """Drop the locks; idempotent."""
+        if self._identity is not None:
+            self._held.discard(self._identity)
+            self._identity = None
+        while self._fds:
+            os.close(self._fds.pop())
+
+    def _open(self, file: str, flags: int) -> int:
+        try:
+            return os.open(file, flags, 0o644)
+        except OSError as exc:
+            raise EngineError(f"cannot open the database at {self.path}: {exc.strerror}") from exc
+
+    def _refusal(self, identity: tuple[int, int] | None) -> DatabaseLockedError:
+        if identity in self._held:
+            return DatabaseLockedError(
+                f"{self.path} is already open in this process (perhaps under another "
+                "name); use that Database, or close it before opening again"
+            )
+        return DatabaseLockedError(
+            f"{self.path} is open in another process (pid {_holder_pid(self.real)}); one "
+            "process holds a sqlite database at a time — to share it, run `shale serve` "
+            "and connect with shale://host:port"
+        )
+
+
+def _holder_pid(file: str) -> str:
+    """The pid in ``file``'s pid file if its writer still holds it: a stale
+    pid, left by a process that used another name, would mislead."""
+    try:
+        fd = os.open(file + "-lock", os.O_RDONLY)
+    except OSError:
+        return "unknown"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    finally:
         os.close(fd)
-        raise DatabaseLockedError(
-            f"{path} is open in another process (pid {holder}); one process holds a "
-            "sqlite database at a time — to share it, run `shale serve` and connect "
-            "with shale://host:port"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
+    return "unknown"
