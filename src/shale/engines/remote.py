@@ -15,6 +15,11 @@ two. When the connection drops, requests in flight fail — reads with the
 retryable ``Unavailable``, commits with ``CommitUnknownResult`` (which
 ``Database.run`` resolves with the commit's idempotency id) — and the next
 request reconnects, with backoff, for up to ``connect_timeout``.
+
+``close()`` gives the commits already sent up to ``CLOSE_GRACE`` seconds to
+be answered, then ends everything: requests still waiting fail with
+``DatabaseClosed`` (commits with ``CommitUnknownResult``), pending watches
+are cancelled, and every later operation raises ``DatabaseClosed``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ __all__ = ["RemoteEngine", "RemoteSnapshot"]
 
 DEFAULT_PORT = 7480
 CONNECT_TIMEOUT = 10.0
+CLOSE_GRACE = 2.0
+"""Seconds ``close()`` waits for the replies of commits already sent."""
 
 _COUNTED = frozenset(
     {MessageType.GET, MessageType.GET_RANGE, MessageType.VERSION, MessageType.COMMIT}
@@ -85,6 +92,8 @@ class _Link(asyncio.Protocol):
         self.used = True
         self.alive = True
         """False once the connection is lost; ``closed`` then says why."""
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done once the socket is closed."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A cast, not an isinstance check: uvloop's transports are not
@@ -93,6 +102,8 @@ class _Link(asyncio.Protocol):
         self.writer.transport = self.transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
         if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
             # A TLS alert (the server wants a client certificate, or refused
             # ours) is not transient: retrying would only wait out the timeout.
@@ -254,6 +265,8 @@ class RemoteSnapshot:
                 begin = flat[-2] + b"\x00"
 
     async def _call(self, kind: int, fields: tuple[Any, ...]) -> tuple[Any, ...]:
+        if self._engine._closed:
+            raise errors.DatabaseClosed("the database was closed")
         if self._released:
             raise errors.TransactionTooOld("the snapshot was released")
         if not self._link.alive:
@@ -303,6 +316,8 @@ class RemoteEngine:
         self._link: _Link | None = None
         self._connecting: asyncio.Task[_Link] | None = None
         self._feeds: dict[str, asyncio.Future[None]] = {}
+        self._watches: set[asyncio.Future[None]] = set()
+        """The futures of pending key watches, cancelled by ``close()``."""
         self._pinger: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -323,10 +338,18 @@ class RemoteEngine:
         if link is not None and link.alive:
             return link
         if self._closed:
-            raise errors.UsageError("the engine is closed")
+            raise errors.DatabaseClosed("the database was closed")
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._connect())
-        return await asyncio.shield(self._connecting)
+        connecting = self._connecting
+        try:
+            return await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and connecting.cancelled() and not (task and task.cancelling()):
+                # close() stopped the reconnect this request was waiting for.
+                raise errors.DatabaseClosed("the database was closed") from None
+            raise
 
     async def _connect(self) -> _Link:
         loop = asyncio.get_running_loop()
@@ -445,6 +468,9 @@ class RemoteEngine:
         if future is not None and not future.done():
             return future
         future = asyncio.get_running_loop().create_future()
+        if self._closed:
+            future.set_exception(errors.DatabaseClosed("the database was closed"))
+            return future
         link = self._link
         if link is None or not link.alive:
             # Nothing to watch on: the caller's next read reconnects, and
@@ -472,8 +498,13 @@ class RemoteEngine:
         """Resolve ``future`` once ``key``'s value is no longer ``seen``, as
         the server sees it, whoever commits the change. A dropped connection
         re-registers the watch; the server answers at once if the value
-        changed meanwhile."""
+        changed meanwhile. ``close()`` cancels it."""
+        if self._closed:
+            future.set_exception(errors.DatabaseClosed("the database was closed"))
+            return
         task = asyncio.ensure_future(self._watch_key(key, seen, future))
+        self._watches.add(future)
+        future.add_done_callback(self._watches.discard)
         future.add_done_callback(lambda _: task.cancel())
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
@@ -507,11 +538,18 @@ class RemoteEngine:
         for task in (self._pinger, self._connecting):
             if task is not None:
                 task.cancel()
+        for watch in list(self._watches):
+            watch.cancel()
         link = self._link
-        if link is not None and link.transport is not None:
-            link.transport.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(link.closed), 1.0)
+        if link is None:
+            return
+        commits = [f for f, kind in link.pending.values() if kind == MessageType.COMMIT]
+        if commits and link.alive:
+            # Their outcome is worth a moment: unanswered, they are unknown.
+            await asyncio.wait(commits, timeout=CLOSE_GRACE)
+        link._fail(errors.DatabaseClosed("the database was closed"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(link.lost), 1.0)
 
 
 class _Settings:
