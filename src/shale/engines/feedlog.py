@@ -127,7 +127,8 @@ def decode_declaration(value: bytes) -> FeedSpec:
     major, _minor, name, prefix, old_values, max_age, max_entries = fields
     if not name or not prefix or prefix.startswith(SYSTEM):
         raise ValueError(
-            f"a feed declaration needs a name and a prefix outside the system keyspace: {fields!r:.200}"
+            "a feed declaration needs a name and a prefix outside the system keyspace: "
+            f"{fields!r:.200}"
         )
     if major > FORMAT[0]:
         raise FormatVersionError(
