@@ -257,3 +257,17 @@ async def test_a_watch_committing_while_the_database_closes_is_cancelled(
     await commit  # accepted before the close, so it finishes
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(watch, 2)
+
+
+async def test_watches_fire_once_an_engine_at_its_reader_limit_has_room(tmp_path: Path) -> None:
+    async with await shale.open(f"sqlite:///{tmp_path}/cap.db?max_readers=1") as db:
+        await db.set(b"w", b"1")
+        async with db.transaction() as tr:
+            fired = tr.watch(b"w")
+        holder = db.transaction()
+        await holder.get(b"unrelated")  # the one reader, at this version
+        await db.set(b"w", b"2")  # checking the watch needs a newer reader
+        await asyncio.sleep(0.1)
+        assert not fired.done()
+        holder.close()
+        await asyncio.wait_for(fired, 5)

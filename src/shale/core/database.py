@@ -267,7 +267,16 @@ class Database:
             task.add_done_callback(self._background.discard)
 
     async def _fire(self, keys: Iterable[bytes]) -> None:
-        snap = await self.engine.snapshot()
+        backoff, attempt = FullJitterBackoff(), 0
+        while True:
+            try:
+                snap = await self.engine.snapshot()
+                break
+            except RetryableError:
+                # The engine is at a limit (SQLite's open readers, say); the
+                # watches must still be checked once it has room.
+                attempt += 1
+                await asyncio.sleep(backoff.delay(attempt))
         try:
             for key in keys:
                 current = await snap.get(key)
