@@ -872,12 +872,20 @@ class _TlsAccept(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         raw = cast(asyncio.Transport, transport)
-        server = self.server
-        connection = Connection(server)
+        connection = Connection(self.server)
         connection.admitted = True
         connection.raw = raw
         connection.peer = _peer(raw)
-        server.admit(connection)
+        self.server.admit(connection)
+        # The TLS layer waits for the next turn of the loop: asyncio accepts
+        # connections in bursts, and those the burst evicts again must not
+        # have allocated TLS buffers first. Not reading until then.
+        raw.pause_reading()
+        asyncio.get_running_loop().call_soon(self._start, connection, raw)
+
+    def _start(self, connection: Connection, raw: asyncio.Transport) -> None:
+        if connection not in self.server.unauthenticated or raw.is_closing():
+            return  # evicted, or gone
         loop = asyncio.get_running_loop()
         handshake: asyncio.Future[None] = loop.create_future()
         handshake.add_done_callback(connection.tls_done)
@@ -888,10 +896,11 @@ class _TlsAccept(asyncio.Protocol):
             handshake,
             server_side=True,
             # typeshed says int; asyncio takes any positive number of seconds
-            ssl_handshake_timeout=server.limits.handshake_timeout,  # type: ignore[arg-type]
+            ssl_handshake_timeout=self.server.limits.handshake_timeout,  # type: ignore[arg-type]
         )
         raw.set_protocol(tls)
         tls.connection_made(raw)
+        raw.resume_reading()
 
 
 def _touches(prefix: bytes, keys: Iterable[bytes], ranges: Iterable[KeyRange]) -> bool:
