@@ -191,7 +191,9 @@ class Limits:
     one with ``TOO_MANY_CONNECTIONS``. Peers without the token can hold no
     more than this, whatever ``max_connections`` is."""
     max_snapshots: int = 10_000
-    """Snapshots one connection may hold open (one per live transaction)."""
+    """Snapshots one connection may hold open (one per live transaction).
+    Each expires ``max_transaction_age`` (of the served database) after its
+    ``OPEN``, so a client that never releases them does not keep the slots."""
     max_watches: int = 10_000
     """Feed and key watches one connection may hold (FoundationDB's default)."""
     handshake_timeout: float = 5.0

@@ -19,6 +19,12 @@ would lock clients out for as long as an attacker keeps the cap full), and
 what they hold — TLS buffers included — is bounded by the cap. Refusals
 are logged at most once a second.
 
+Snapshots expire at the served database's ``max_transaction_age``, so a
+client that leaks them holds only those it opened within that time. The
+partly received frames of all connections share ``max_buffered``; a large
+frame that does not fit is refused (``UNAVAILABLE``) and skipped, and its
+connection goes on.
+
 A connection is closed, and nobody else harmed, when it breaks the
 protocol: a bad frame length, a first frame that is not a valid ``HELLO``,
 a wrong token, a request that exists for its reply sent with id 0, a
