@@ -457,3 +457,18 @@ async def test_feed_watches_on_unknown_names_leave_no_state() -> None:
             fired = db.next_change("feed-0")
             tr.set(b"x", b"1")
         await asyncio.wait_for(fired, HANG)
+
+
+async def test_a_key_watch_over_max_watches_fails_retryably() -> None:
+    async with serving(Limits(max_watches=2)) as (_, db):
+        async with db.transaction() as tr:
+            watches = [tr.watch(b"w%d" % i) for i in range(3)]
+        done, pending = await asyncio.wait(watches, timeout=HANG, return_when="FIRST_COMPLETED")
+        # One is refused, once: not sent again and again while the others wait.
+        assert len(done) == 1 and len(pending) == 2
+        with pytest.raises(shale.Unavailable, match="more than 2 watches"):
+            done.pop().result()
+        async with db.transaction() as tr:
+            for i in range(3):
+                tr.set(b"w%d" % i, b"changed")
+        await asyncio.wait_for(asyncio.gather(*pending), HANG)
