@@ -484,7 +484,7 @@ INVALID_REQUESTS = [
         MessageType.COMMIT,
         commit_fields(*[(0, b"evil%d" % i, b"v" * 100_000) for i in range(101)]),
         ErrorCode.TRANSACTION_TOO_LARGE,
-        "the commit's writes exceed 10000000 bytes",
+        "the commit's writes and conflict ranges exceed 10000000 bytes",
         id="transaction-too-large",
     ),
     pytest.param(

@@ -13,7 +13,8 @@ import pytest
 
 import shale
 from shale import tuple as tuples
-from shale.engines.base import CommitRequest, MutationType
+from shale.engines.base import CommitRequest, Mutation, MutationType
+from shale.engines.feedlog import feed_log, feed_state_key
 from shale.feeds import Feed
 from shale.server import Limits, Server, serve
 from shale.server.protocol import (
@@ -264,8 +265,44 @@ async def test_an_invalid_declaration_changes_no_feed(server: Server) -> None:
         raw.send(MessageType.COMMIT, 2, encode_commit(0, CommitRequest(-1, list(mutations))))
         kind, request, (code, message) = await raw.recv()
         assert (kind, request, code) == (MessageType.ERROR, 2, ErrorCode.INVALID_FIELDS)
-        assert message.startswith("invalid feed declaration")
+        assert message.startswith("COMMIT: refused write")
+        assert "not a feed declaration" in message
         assert server.db.feeds == before
+    finally:
+        await raw.close()
+        await db.close()
+
+
+@pytest.mark.parametrize(
+    ("what", "mutation"),
+    [
+        ("a corrupt feed state", (MutationType.SET, feed_state_key("a"), b"short")),
+        (
+            "a versionstamped feed state",
+            (MutationType.SET_VERSIONSTAMPED_VALUE, feed_state_key("a"), bytes(18) + bytes(4)),
+        ),
+        ("a feed log entry", (MutationType.SET, feed_log("a") + bytes(13), b"garbage")),
+    ],
+)
+async def test_writes_corrupting_a_feed_are_refused_raw(
+    server: Server, what: str, mutation: Mutation
+) -> None:
+    """The server checks what the Python client checks before sending: a
+    raw client cannot corrupt a feed (a forged state once let retention
+    clear the whole user keyspace)."""
+    db = await connect(server)
+    raw = await Raw.open(server)
+    try:
+        await Feed("a", b"a/").declare(db)
+        await db.set(b"a/1", b"kept")
+        request = CommitRequest(-1, [(MutationType.SET, b"a/2", b"x"), mutation])
+        raw.send(MessageType.COMMIT, 2, encode_commit(0, request))
+        kind, _, (code, message) = await raw.recv()
+        assert (kind, code) == (MessageType.ERROR, ErrorCode.INVALID_FIELDS), what
+        assert "refused write" in message
+        assert await db.get(b"a/2") is None
+        await db.set(b"a/3", b"still logged")
+        assert await db.get(b"a/1") == b"kept"
     finally:
         await raw.close()
         await db.close()

@@ -350,8 +350,7 @@ class Transaction:
             rows = await snap.get_range(begin, end, limit, reverse)
             if not snapshot:
                 last = rows[-1][0] if limit and len(rows) >= limit else None
-                self._read_ranges.append(_examined(begin, end, last, reverse))
-                self._size += len(begin) + len(end)
+                self._add_read_range(-1, _examined(begin, end, last, reverse))
             yield rows
             return
         merger = _Merger(self, local, reverse)
@@ -373,12 +372,7 @@ class Transaction:
                 # and the generator is then never resumed, so what it was
                 # given must already be a read conflict.
                 last = batch[-1][0] if limited else None if exhausted else rows[-1][0]
-                if conflict < 0:
-                    conflict = len(self._read_ranges)
-                    self._read_ranges.append(_examined(begin, end, last, reverse))
-                    self._size += len(begin) + len(end)
-                else:
-                    self._read_ranges[conflict] = _examined(begin, end, last, reverse)
+                conflict = self._add_read_range(conflict, _examined(begin, end, last, reverse))
             if batch:
                 yield batch
             if exhausted or limited:
@@ -390,6 +384,20 @@ class Transaction:
             size = min(size * 2, 16384)
             self._check_open()
             await self._acquire()  # a long stream must not outlive the age limit
+
+    def _add_read_range(self, index: int, covered: KeyRange) -> int:
+        """Record a scan's read range — a new one if ``index`` is negative,
+        else replacing the one it grew from — counting its bounds toward
+        the size limit as sent; return where it is."""
+        if index < 0:
+            index = len(self._read_ranges)
+            self._read_ranges.append(covered)
+        else:
+            old_begin, old_end = self._read_ranges[index]
+            self._size -= len(old_begin) + len(old_end)
+            self._read_ranges[index] = covered
+        self._size += len(covered[0]) + len(covered[1])
+        return index
 
     def _local_keys(self, begin: bytes, end: bytes) -> list[bytes]:
         if not self._writes:

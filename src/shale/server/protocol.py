@@ -27,6 +27,7 @@ from shale import tuple as tuples
 from shale.core.transaction import MAX_KEY_SIZE, MAX_TRANSACTION_SIZE
 from shale.engines.atomic import MAX_VALUE_SIZE
 from shale.engines.base import CommitRequest, KeyRange, Mutation, MutationType
+from shale.engines.feedlog import check_system_write
 
 __all__ = [
     "HANDSHAKE_LIMIT",
@@ -455,7 +456,9 @@ def decode_commit(fields: tuple[Any, ...]) -> tuple[int, CommitRequest]:
             mutations.append((MutationType(kind), key, param))
         except ValueError:
             raise errors.ProtocolError(f"mutation {i // 3} has unknown type {kind}") from None
-    written, cleared = _check_mutations(mutations)
+    conflicts = sum(map(len, read_keys)) + sum(map(len, read_ranges))
+    conflicts += sum(map(len, write_keys)) + sum(map(len, write_ranges))
+    written, cleared = _check_mutations(mutations, conflicts)
     request = CommitRequest(
         read_version=read_version,
         mutations=mutations,
@@ -470,21 +473,28 @@ def decode_commit(fields: tuple[Any, ...]) -> tuple[int, CommitRequest]:
 
 
 _STAMP_OFFSET = struct.Struct("<I")
+_SIZE_SLACK = 4096
+"""What the server allows beyond the client's own count: the client adds
+its idempotency id (a read key and a write) after it checks the limit."""
 
 
-def _check_mutations(mutations: list[Mutation]) -> tuple[frozenset[bytes], list[KeyRange]]:
-    """Apply the core's limits again, since engines trust them, and return
-    the keys and ranges the mutations write: the server does not rely on a
-    client's conflict sets to protect other clients.
+def _check_mutations(
+    mutations: list[Mutation], size: int
+) -> tuple[frozenset[bytes], list[KeyRange]]:
+    """Apply the core's limits and system-keyspace checks again, since
+    engines trust them, and return the keys and ranges the mutations write:
+    the server does not rely on a client's conflict sets to protect other
+    clients. ``size`` is what the commit's conflict ranges count toward the
+    transaction size.
 
     Raises:
         LimitError: a key, value or the whole commit is too large.
         InvertedRange: a clear range's begin is after its end.
-        ProtocolError: a bad versionstamp offset.
+        ProtocolError: a bad versionstamp offset, or a write that would
+            corrupt a feed's metadata.
     """
     written: set[bytes] = set()
     cleared: list[KeyRange] = []
-    size = 0
     for kind, key, param in mutations:
         size += len(key) + len(param)
         stamped_key = kind is MutationType.SET_VERSIONSTAMPED_KEY
@@ -500,10 +510,16 @@ def _check_mutations(mutations: list[Mutation]) -> tuple[frozenset[bytes], list[
             raise errors.ValueTooLarge(f"value of {len(param)} bytes exceeds the limit")
         if stamped_key or stamped_value:
             _check_stamp(key if stamped_key else param)
+        if key >= b"\xff" and (
+            problem := check_system_write(kind, key[:-4] if stamped_key else key, param)
+        ):
+            raise errors.ProtocolError(f"refused write to {key[:48]!r}: {problem}")
         if not stamped_key:
             written.add(key)
-    if size > MAX_TRANSACTION_SIZE:
-        raise errors.TransactionTooLarge(f"the commit's writes exceed {MAX_TRANSACTION_SIZE} bytes")
+    if size > MAX_TRANSACTION_SIZE + _SIZE_SLACK:
+        raise errors.TransactionTooLarge(
+            f"the commit's writes and conflict ranges exceed {MAX_TRANSACTION_SIZE} bytes"
+        )
     return frozenset(written), cleared
 
 
