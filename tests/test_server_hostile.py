@@ -489,6 +489,22 @@ INVALID_REQUESTS = [
     ),
     pytest.param(
         MessageType.COMMIT,
+        (
+            0,
+            0,
+            (0, b"evil", b"x"),
+            (),
+            tuple(b"r%04d" % i + b"r" * 9_995 for i in range(1_004)),
+            (),
+            (),
+            False,
+        ),
+        ErrorCode.TRANSACTION_TOO_LARGE,
+        "the commit's writes and conflict ranges exceed 10000000 bytes",
+        id="conflict-ranges-too-large",
+    ),
+    pytest.param(
+        MessageType.COMMIT,
         (0, 0, (0, b"evil", b"x"), (), (), (), ()),
         ErrorCode.INVALID_FIELDS,
         "COMMIT: expected 8 fields, got 7",
