@@ -271,3 +271,16 @@ async def test_watches_fire_once_an_engine_at_its_reader_limit_has_room(tmp_path
         assert not fired.done()
         holder.close()
         await asyncio.wait_for(fired, 5)
+
+
+async def test_a_stream_over_a_reset_transaction_stops(db: shale.Database) -> None:
+    async with db.transaction() as tr:
+        for i in range(20):
+            tr.set(b"s%02d" % i, b"v")
+    tr = db.transaction()
+    stream = aiter(tr.get_range(b"s", b"t", batch_size=2))
+    await anext(stream)
+    tr.reset()
+    with pytest.raises(shale.TransactionStateError, match="reset during this range read"):
+        while True:
+            await anext(stream)

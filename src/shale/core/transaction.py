@@ -113,6 +113,7 @@ class Transaction:
         also records it (``shale.core.idempotency``). It names the whole
         ``run()``, not this attempt, so ``reset()`` keeps it."""
         self._snapshot: EngineSnapshot | None = None
+        self._resets = 0
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -188,6 +189,7 @@ class Transaction:
         self._db._check_open()
         self._cancel_futures(TransactionStateError("the transaction was reset"))
         self._release()
+        self._resets += 1
         self._reset_state()
 
     def _release(self) -> None:
@@ -355,6 +357,7 @@ class Transaction:
             return
         merger = _Merger(self, local, reverse)
         low, high, produced, size = begin, end, 0, batch_size
+        resets = self._resets
         conflict = -1  # where this scan's read range sits in _read_ranges
         while True:
             if want_all:
@@ -383,6 +386,10 @@ class Transaction:
                 low = rows[-1][0] + b"\x00"
             size = min(size * 2, 16384)
             self._check_open()
+            if self._resets != resets:
+                # Its conflict range and overlay belong to the transaction
+                # as it was; the new one never read this range.
+                raise TransactionStateError("the transaction was reset during this range read")
             await self._acquire()  # a long stream must not outlive the age limit
 
     def _add_read_range(self, index: int, covered: KeyRange) -> int:
