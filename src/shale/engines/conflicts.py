@@ -106,8 +106,11 @@ class VersionMap:
             self._maxes.append(version)
             self._size = 2
             return
-        c1 = max(bisect.bisect_right(firsts, begin) - 1, 0)
-        c2 = max(bisect.bisect_right(firsts, end) - 1, 0)
+        c1 = bisect.bisect_right(firsts, begin) - 1
+        c2 = bisect.bisect_right(firsts, end, c1 if c1 > 0 else 0) - 1
+        if c1 < 0:  # before the first boundary: it goes into the first chunk
+            c1 = 0
+            c2 = c2 if c2 > 0 else 0
         keys1, vers1 = self._keys[c1], self._vers[c1]
         keys2, vers2 = self._keys[c2], self._vers[c2]
         i1 = bisect.bisect_left(keys1, begin)

@@ -178,13 +178,15 @@ class Resolver:
             self._fold(self._tail.popleft())
 
     def _fold(self, batch: _Batch) -> None:
-        spans = [(key, key + b"\x00") for key in batch.keys]
-        if batch.ranges or len(spans) > 32:
-            self._map.assign_all(coalesce(itertools.chain(spans, batch.ranges)), batch.version)
+        version = batch.version
+        if batch.ranges or len(batch.keys) > 32:
+            spans = ((key, key + b"\x00") for key in batch.keys)
+            self._map.assign_all(coalesce(itertools.chain(spans, batch.ranges)), version)
         else:
-            for begin, end in spans:
-                self._map.assign(begin, end, batch.version)
-        self._folded = batch.version
+            assign = self._map.assign
+            for key in batch.keys:
+                assign(key, key + b"\x00", version)
+        self._folded = version
 
     def trim(self, committed: int) -> None:
         """Forget writes older than the window, raising ``floor`` — never
