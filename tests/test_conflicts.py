@@ -80,15 +80,19 @@ write_set = st.tuples(st.sets(key, max_size=4), st.lists(span, max_size=2))
     batches=st.lists(st.tuples(st.booleans(), write_set), min_size=1, max_size=30),
     reads=st.lists(st.tuples(st.integers(0, 30), read_set), max_size=20),
     tail=st.sampled_from([1, 2, 32]),
+    tail_keys=st.sampled_from([1, 3, 1 << 19]),
 )
 def test_resolver_matches_brute_force(
     batches: list[tuple[bool, tuple[set[bytes], list[list[bytes]]]]],
     reads: list[tuple[int, tuple[set[bytes], list[list[bytes]]]]],
     tail: int,
+    tail_keys: int,
 ) -> None:
-    """Batches sharing a version (``same``) and a tail shorter than the
-    history exercise both the raw batches and the folded map."""
-    local.TAIL, saved = tail, local.TAIL
+    """Batches sharing a version (``same``), checks reaching past ``tail``
+    batches and a ``tail_keys`` bound below the history's keys exercise
+    both the raw batches and the folded map, and folding on demand."""
+    saved = local.TAIL, local.TAIL_KEYS
+    local.TAIL, local.TAIL_KEYS = tail, tail_keys
     try:
         resolver = local.Resolver(window=60.0)
         history: list[tuple[int, set[bytes], list[tuple[bytes, bytes]]]] = []
@@ -119,7 +123,7 @@ def test_resolver_matches_brute_force(
             else:
                 resolver.check(request)
     finally:
-        local.TAIL = saved
+        local.TAIL, local.TAIL_KEYS = saved
 
 
 async def test_the_resolver_keeps_keys_not_values(tmp_path: Path) -> None:

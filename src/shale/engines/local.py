@@ -43,9 +43,14 @@ MAX_BATCH = 1024
 
 
 TAIL = 32
-"""Recent batches kept as they came and checked one by one before their
-writes are folded into the ``VersionMap``: a batch that expires first (a
-bulk load on a quiet database) never pays for indexing its keys."""
+"""Recent batches a check compares one by one. A transaction older than
+that folds the batches beyond them into the ``VersionMap`` first, so its
+check costs bisections however many commits it missed. Folding only on
+demand means a workload of young transactions (and a bulk load) never
+pays for indexing keys that simply expire."""
+TAIL_KEYS = 1 << 19
+"""Keys the unfolded batches may hold (tens of MB) before the oldest are
+folded anyway, which bounds the memory of a long write burst."""
 
 
 Spans = tuple[list[bytes], list[bytes]]
@@ -120,16 +125,18 @@ class Resolver:
 
     ``floor`` is the newest version whose writes were forgotten: a
     transaction reading at or below it can no longer be checked, so it is
-    too old. The newest ``TAIL`` batches are checked one by one; older
-    writes are folded into a ``VersionMap``, where a check costs a
-    bisection per read key or range however many commits happened since
-    the read version. Only keys are kept, never values.
+    too old. Recent batches are checked one by one, at most ``TAIL`` per
+    check; older writes are folded into a ``VersionMap`` (when a check
+    needs it, or when the batches hold ``TAIL_KEYS`` keys), where a check
+    costs a bisection per read key or range however many commits happened
+    since the read version. Only keys are kept, never values.
     """
 
     def __init__(self, window: float, version: int = 0) -> None:
         self.window = window
         self.floor = version
         self._tail: deque[_Batch] = deque()
+        self._tail_keys = 0
         self._map = VersionMap()
         self._folded = version
         """The newest version folded into ``_map``."""
@@ -153,9 +160,12 @@ class Resolver:
                 f"{self.window:g} s window (oldest checkable: {self.floor})"
             )
         reads = _Reads(request)
-        for batch in reversed(self._tail):
+        for checked, batch in enumerate(reversed(self._tail)):
             if batch.version <= read_version:
                 return
+            if checked == TAIL:
+                self._fold_through(batch.version)
+                break
             if batch.overlaps(read_keys, reads):
                 raise _conflict(batch.version)
         if self._folded > read_version:
@@ -170,14 +180,25 @@ class Resolver:
     def record(self, version: int, keys: AbstractSet[bytes], ranges: Sequence[KeyRange]) -> None:
         """Remember writes committed at ``version``, the newest so far."""
         if self._tail and self._tail[-1].version == version:
-            self._tail[-1].add(keys, ranges)
+            batch = self._tail[-1]
+            before = len(batch.keys)
+            batch.add(keys, ranges)
+            self._tail_keys += len(batch.keys) - before
             return
         self._versions.append((time.monotonic(), version))
         self._tail.append(_Batch(version, set(keys), list(ranges)))
-        while len(self._tail) > TAIL:
+        self._tail_keys += len(keys)
+        if self._tail_keys > TAIL_KEYS:
+            while self._tail_keys > TAIL_KEYS // 2 and len(self._tail) > 1:
+                self._fold(self._tail.popleft())
+
+    def _fold_through(self, version: int) -> None:
+        """Fold every unfolded batch up to ``version`` into the map."""
+        while self._tail and self._tail[0].version <= version:
             self._fold(self._tail.popleft())
 
     def _fold(self, batch: _Batch) -> None:
+        self._tail_keys -= len(batch.keys)
         version = batch.version
         if batch.ranges or len(batch.keys) > 32:
             spans = ((key, key + b"\x00") for key in batch.keys)
@@ -198,7 +219,7 @@ class Resolver:
         while self._versions and self._versions[0][0] < horizon:
             self.floor = min(self._versions.popleft()[1], committed)
         while self._tail and self._tail[0].version <= self.floor:
-            self._tail.popleft()
+            self._tail_keys -= len(self._tail.popleft().keys)
         if len(self._map) > 2 * self._compacted + 1024:
             self._map.compact(self.floor)
             self._compacted = len(self._map)
