@@ -80,7 +80,7 @@ write_set = st.tuples(st.sets(key, max_size=4), st.lists(span, max_size=2))
     batches=st.lists(st.tuples(st.booleans(), write_set), min_size=1, max_size=30),
     reads=st.lists(st.tuples(st.integers(0, 30), read_set), max_size=20),
     tail=st.sampled_from([1, 2, 32]),
-    tail_keys=st.sampled_from([1, 3, 1 << 19]),
+    tail_keys=st.sampled_from([1, 3, 1 << 18]),
 )
 def test_resolver_matches_brute_force(
     batches: list[tuple[bool, tuple[set[bytes], list[list[bytes]]]]],
