@@ -6,7 +6,6 @@ import asyncio
 import bisect
 import os
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -48,9 +47,6 @@ class Database:
         """Declared change feeds, by name; every commit carries them to the
         engine, which logs what it changed under their prefixes."""
         self._next_change: dict[str, asyncio.Future[None]] = {}
-        self._transactions: weakref.WeakSet[Transaction] = weakref.WeakSet()
-        """Open transactions, failed by ``close``; weak, so a transaction
-        dropped without ``close()`` does not stay here."""
         self._watch_index: list[bytes] | None = None
         """``_watches``' keys in order, for commits that clear ranges; rebuilt
         on the next such commit after a watch is added or dropped."""
@@ -73,8 +69,9 @@ class Database:
         if self._closed:
             return
         self._closed = True
-        for tr in list(self._transactions):
-            tr._database_closed()
+        # Open transactions are not tracked (that costs every transaction):
+        # each fails on its next use, since the engine refuses snapshots,
+        # reads and commits once closed, and so does this handle.
         futures = [f for watchers in self._watches.values() for _, f in watchers]
         for future in [*futures, *self._next_change.values(), *self._background]:
             if not future.done():
@@ -93,9 +90,7 @@ class Database:
         when the block ends cleanly and abandons it on an exception."""
         if self._closed:
             self._check_open()
-        tr = Transaction(self)
-        self._transactions.add(tr)
-        return tr
+        return Transaction(self)
 
     create_transaction = transaction
 

@@ -150,6 +150,8 @@ class Transaction:
     def _check_open(self) -> None:
         if self._state is _State.OPEN:
             return
+        if self._db._closed and self._state is not _State.COMMITTED:
+            self._db._check_open()
         if self._state is _State.COMMITTING:
             raise TransactionStateError("the transaction is being committed; wait for commit()")
         if self._state is _State.COMMITTED:
@@ -161,19 +163,16 @@ class Transaction:
                 f"the transaction failed ({type(self._failure).__name__}); call reset() "
                 "or start a new transaction"
             )
-        if self._db._closed:
-            self._db._check_open()
         raise TransactionStateError("the transaction was closed")
 
-    def _database_closed(self) -> None:
-        """Fail the transaction because its database was closed. A commit
-        already under way is left to finish: the engine completes what it
-        accepted, and ``commit()`` reports it."""
-        if self._state not in (_State.OPEN, _State.FAILED):
-            return
-        self._state = _State.CLOSED
-        self._cancel_futures(DatabaseClosed("the database was closed"))
+    def _fail_closed(self) -> None:
+        """The database was closed: this transaction can never commit."""
+        error = DatabaseClosed(f"{self._db!r} is closed; open it again to go on")
+        self._state = _State.FAILED
+        self._failure = error
+        self._cancel_futures(error)
         self._release()
+        raise error
 
     def close(self) -> None:
         """Abandon the transaction without committing; idempotent."""
@@ -716,6 +715,8 @@ class Transaction:
             LimitError: a size limit was breached earlier in the transaction.
         """
         self._check_open()
+        if self._db._closed:
+            self._fail_closed()
         if self._failure is not None:
             failure = self._failure
             self._state = _State.FAILED

@@ -92,10 +92,11 @@ class _Batch:
         self.ranges.extend(ranges)
         self._spans = None
 
-    def overlaps(self, read_keys: AbstractSet[bytes], reads: _Reads) -> bool:
+    def overlaps(self, reads: _Reads) -> bool:
         """Whether a read touches a write of this batch. Keys against keys
         is a set intersection; anything with a range compares spans, built
         once per batch and once per checked request."""
+        read_keys = reads.keys
         if read_keys and not self.keys.isdisjoint(read_keys):
             return True
         if not self.ranges and not reads.ranged:
@@ -108,11 +109,12 @@ class _Batch:
 class _Reads:
     """A request's reads as spans, built only if a batch needs them."""
 
-    __slots__ = ("_request", "_spans", "ranged")
+    __slots__ = ("_request", "_spans", "keys", "ranged")
 
     def __init__(self, request: CommitRequest) -> None:
         self._request = request
         self._spans: Spans | None = None
+        self.keys = request.read_keys
         self.ranged = bool(request.read_ranges)
 
     def spans(self) -> Spans:
@@ -167,7 +169,7 @@ class Resolver:
             if checked == TAIL:
                 self._fold_through(batch.version)
                 break
-            if batch.overlaps(read_keys, reads):
+            if batch.overlaps(reads):
                 raise _conflict(batch.version)
         if self._folded > read_version:
             version_at, max_over = self._map.version_at, self._map.max_over
@@ -218,7 +220,8 @@ class Resolver:
         it last was, so compaction costs a constant per write, amortized."""
         horizon = time.monotonic() - self.window
         while self._versions and self._versions[0][0] < horizon:
-            self.floor = min(self._versions.popleft()[1], committed)
+            version = self._versions.popleft()[1]
+            self.floor = version if version < committed else committed
         while self._tail and self._tail[0].version <= self.floor:
             self._tail_keys -= len(self._tail.popleft().keys)
         if len(self._map) > 2 * self._compacted + 1024:
