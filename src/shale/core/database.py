@@ -63,9 +63,9 @@ class Database:
 
     async def close(self) -> None:
         """Finish the commits already under way and release the engine;
-        idempotent. Open transactions fail with ``DatabaseClosed``, watches
-        and feed waits are cancelled, and every later use of this handle or
-        its transactions raises ``DatabaseClosed``."""
+        idempotent. Watches and feed waits are cancelled, and every later
+        use of this handle or of its open transactions raises
+        ``DatabaseClosed``."""
         if self._closed:
             return
         self._closed = True
