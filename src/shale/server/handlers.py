@@ -22,7 +22,7 @@ from shale.server.protocol import (
 )
 
 if TYPE_CHECKING:
-    from shale.server.server import Connection
+    from shale.server.connection import Connection
 
 __all__ = ["HANDLERS", "RANGE_ROWS", "release_snapshot"]
 
