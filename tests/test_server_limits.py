@@ -356,6 +356,32 @@ def large_commit(request: int, tag: bytes, values: int, snapshot: int = 0) -> by
     return frame(MessageType.COMMIT, request, fields)
 
 
+async def test_a_large_frame_trickled_in_is_dropped_and_its_budget_freed() -> None:
+    """A sender that keeps a large frame coming a byte at a time is never
+    idle, but may not hold its share of ``max_buffered`` for ever."""
+    limits = Limits(frame_timeout=0.5, idle_timeout=1.0)
+    async with serving(limits) as (server, db):
+        data = large_commit(10, b"trickle", 19)
+        raw = await Raw.connect(server)
+        try:
+            await raw.hello()
+            raw.send_bytes(data[:1000])
+            await wait_until(lambda: server.buffered == len(data))
+            closed = asyncio.ensure_future(raw.recv())
+            for i in range(1000, 1100):
+                if closed.done():
+                    break
+                raw.send_bytes(data[i : i + 1])
+                await asyncio.sleep(0.05)
+            kind, _, (code, message) = await asyncio.wait_for(closed, HANG)
+            assert (kind, code) == (MessageType.ERROR, ErrorCode.TIMEOUT)
+            assert "large frame still incomplete" in message
+            await wait_until(lambda: server.buffered == 0)
+            await asyncio.wait_for(db.set(b"after", b"1"), HANG)
+        finally:
+            raw.close()
+
+
 async def test_half_sent_large_frames_share_a_budget() -> None:
     limits = Limits(max_buffered=4 << 20)
     async with serving(limits) as (server, db):

@@ -268,11 +268,21 @@ class Connection(asyncio.Protocol):
         if not self.authenticated:
             self.close("no handshake within the deadline", ErrorCode.TIMEOUT)
             return
-        idle = time.monotonic() - self.last_heard
+        now = time.monotonic()
+        idle = now - self.last_heard
         if idle >= self.limits.idle_timeout and self._reading:
             self.close(f"silent for {idle:.0f} s", ErrorCode.TIMEOUT)
-        else:
-            self._arm(max(self.limits.idle_timeout - idle, 0.05))
+            return
+        if self.reader.reserved_at:
+            sending = now - self.reader.reserved_at
+            if sending >= self.limits.frame_timeout:
+                self.close(
+                    f"a large frame still incomplete after {sending:.1f} s "
+                    f"({self.reader.pending} bytes of it received)",
+                    ErrorCode.TIMEOUT,
+                )
+                return
+        self._arm(max(self.limits.idle_timeout - idle, 0.05))
 
     # -- handshake ---------------------------------------------------------
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import struct
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -212,6 +213,11 @@ class Limits:
     that are partly received, each counted whole from its first bytes. A
     frame that does not fit is refused with ``UNAVAILABLE`` and skipped as
     it arrives; the connection goes on."""
+    frame_timeout: float = 60.0
+    """Seconds a frame counted against ``max_buffered`` may take to arrive
+    whole; a connection still sending it after that is closed, so a sender
+    trickling bytes cannot hold its share of the budget for ever. (Checked
+    with the idle timer: a frame may get up to ``idle_timeout`` more.)"""
 
 
 def frame(kind: int, request: int, fields: Sequence[Any]) -> bytes:
@@ -266,6 +272,9 @@ class FrameReader:
         self._buffer = bytearray()
         self._reserved = 0
         """What the frame being received holds of the budget."""
+        self.reserved_at = 0.0
+        """When that frame's first bytes came (``time.monotonic``), if it
+        holds any of the budget."""
         self._skip = 0
         """Bytes still to drop of a refused frame."""
         self.refused_length = 0
@@ -285,6 +294,7 @@ class FrameReader:
         if self._reserved and self.budget is not None:
             self.budget.give(self._reserved)
         self._reserved = 0
+        self.reserved_at = 0.0
 
     def feed(self, data: bytes) -> Iterator[tuple[int, int, bytes | None]]:
         """Add ``data``; yield ``(type, request id, body)`` for each complete
@@ -320,6 +330,7 @@ class FrameReader:
                         break
                     if self.budget.take(length + 4):
                         self._reserved = length + 4
+                        self.reserved_at = time.monotonic()
                         break
                     if end - start < 9:
                         break  # its type and id first, to answer it by
@@ -338,6 +349,7 @@ class FrameReader:
                 if self._reserved:
                     self.budget.give(self._reserved)  # type: ignore[union-attr]
                     self._reserved = 0
+                    self.reserved_at = 0.0
                 yield kind, request, body
         finally:
             del buffer[:start]
