@@ -498,3 +498,12 @@ async def test_a_key_watch_over_max_watches_fails_retryably() -> None:
             for i in range(3):
                 tr.set(b"w%d" % i, b"changed")
         await asyncio.wait_for(asyncio.gather(*pending), HANG)
+
+
+@pytest.mark.parametrize(
+    "name", ["max_unauthenticated", "max_buffered", "frame_timeout", "max_connections"]
+)
+@pytest.mark.parametrize("value", [0, -1, float("nan"), "64", True])
+def test_limits_must_be_positive_numbers(name: str, value: object) -> None:
+    with pytest.raises(shale.UsageError, match=f"Limits.{name} must be a positive number"):
+        Limits(**{name: value})  # type: ignore[arg-type]

@@ -219,6 +219,12 @@ class Limits:
     trickling bytes cannot hold its share of the budget for ever. (Checked
     with the idle timer: a frame may get up to ``idle_timeout`` more.)"""
 
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise errors.UsageError(f"Limits.{name} must be a positive number, not {value!r}")
+
 
 def frame(kind: int, request: int, fields: Sequence[Any]) -> bytes:
     """One encoded frame."""
