@@ -334,6 +334,7 @@ async def open(
     merged: Mapping[str, object] = {**from_query, **options}
     window = window_option(merged)
     engine_class = (registry or default_registry()).engine_class(url)
+    _check_options(engine_class, url, merged)
     engine = await engine_class.open(url, merged)
     db = Database(engine, url, window)
     try:
@@ -342,6 +343,23 @@ async def open(
         await db.close()
         raise
     return db
+
+
+def _check_options(engine_class: type[Engine], url: str, options: Mapping[str, object]) -> None:
+    """Refuse options the engine does not read (where it says which it
+    reads): a misspelt ``synchronus=normal`` must not silently leave a
+    database at the default durability."""
+    known: frozenset[str] | None = getattr(engine_class, "options", None)
+    if known is None:
+        return
+    known = known | {"max_transaction_age"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        scheme = urlsplit(url).scheme
+        raise UsageError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"for {scheme}://; it takes {', '.join(sorted(known))}"
+        )
 
 
 FEED_DECLARATIONS = DECLARATIONS

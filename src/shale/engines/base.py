@@ -192,6 +192,11 @@ class Engine(Protocol):
 
     scheme: ClassVar[str]
     capabilities: Capabilities
+    # An engine may also declare ``options: ClassVar[frozenset[str]]``, the
+    # URL and keyword options it reads besides ``max_transaction_age``;
+    # ``shale.open`` then refuses any other, so a misspelt option is an
+    # error rather than silently ignored. It is not a member of the
+    # protocol, so that engines written before it still conform.
 
     @classmethod
     async def open(cls, url: str, options: Mapping[str, object]) -> Engine:

@@ -148,6 +148,7 @@ class MemoryEngine:
     """An in-process, multi-version ordered map. See the module docstring."""
 
     scheme: ClassVar[str] = "memory"
+    options: ClassVar[frozenset[str]] = frozenset()
     capabilities = Capabilities(durable=False, persistent=False, multi_process=False)
 
     def __init__(self, window: float) -> None:

@@ -302,10 +302,15 @@ def _release_dropped(link: _Link, sid: int) -> None:
             link.loop.call_soon_threadsafe(link.send, MessageType.RELEASE, (sid,))
 
 
+_TLS_OPTIONS = frozenset({"ca", "verify", "server_hostname", "cert", "key"})
+"""Options of ``shale+tls://`` only; on plain ``shale://`` they are refused."""
+
+
 class RemoteEngine:
     """The client of ``shale serve``; see the module docstring."""
 
     scheme: ClassVar[str] = "shale"
+    options: ClassVar[frozenset[str]] = frozenset({"token", "connect_timeout", *_TLS_OPTIONS})
     capabilities: Capabilities
 
     def __init__(self, address: tuple[str, int], token: bytes, settings: _Settings) -> None:
@@ -585,6 +590,13 @@ def _parse(url: str, options: Mapping[str, object]) -> tuple[tuple[str, int], by
         )
     if not isinstance(token, str | bytes):
         raise errors.UsageError(f"the token is a str, not {type(token).__name__}")
+    misplaced = sorted(_TLS_OPTIONS & options.keys()) if scheme == "shale" else []
+    if misplaced:
+        what = "is a TLS option" if len(misplaced) == 1 else "are TLS options"
+        raise errors.UsageError(
+            f"{', '.join(misplaced)} {what}, but shale:// is plain TCP; "
+            "use shale+tls:// to connect with TLS"
+        )
     context = _ssl_context(options) if scheme == "shale+tls" else None
     hostname = options.get("server_hostname")
     raw = options.get("connect_timeout", CONNECT_TIMEOUT)

@@ -237,6 +237,7 @@ class SQLiteEngine:
     """The embedded default engine. See the module docstring."""
 
     scheme: ClassVar[str] = "sqlite"
+    options: ClassVar[frozenset[str]] = frozenset({"synchronous", "max_readers"})
     capabilities = Capabilities(
         durable=True, persistent=True, multi_process=False, old_snapshots=False
     )
