@@ -74,6 +74,22 @@ async def test_token_option(server: Server) -> None:
         await round_trip(db)
 
 
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+async def test_a_token_read_from_a_file_with_its_newline_works(
+    server: Server, tmp_path: Path, ending: str
+) -> None:
+    """``make run`` writes .shale-token with a trailing newline."""
+    (tmp_path / "token").write_text(TOKEN + ending)
+    token = (tmp_path / "token").read_text()
+    db = await shale.open(url_for(server), token=token)
+    try:
+        await round_trip(db)
+    finally:
+        await db.close()
+    with pytest.raises(shale.AuthenticationError, match="empty"):
+        await shale.open(url_for(server), token="\n")
+
+
 async def test_token_in_the_url_is_unquoted(server: Server) -> None:
     assert "@" in TOKEN and "/" in TOKEN
     async with await shale.open(url_for(server, TOKEN)) as db:

@@ -590,6 +590,11 @@ def _parse(url: str, options: Mapping[str, object]) -> tuple[tuple[str, int], by
         )
     if not isinstance(token, str | bytes):
         raise errors.UsageError(f"the token is a str, not {type(token).__name__}")
+    # Read from a token file (``make run`` writes .shale-token) it ends in a
+    # newline, which the server drops from its own file too.
+    token = token.rstrip("\r\n") if isinstance(token, str) else token.rstrip(b"\r\n")
+    if not token:
+        raise errors.AuthenticationError("the token is empty")
     misplaced = sorted(_TLS_OPTIONS & options.keys()) if scheme == "shale" else []
     if misplaced:
         what = "is a TLS option" if len(misplaced) == 1 else "are TLS options"
