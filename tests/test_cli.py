@@ -107,3 +107,27 @@ def test_every_command_is_documented() -> None:
     assert commands
     for name in commands:
         assert f"shale {name}" in docs, f"`shale {name}` is not in docs/cli.md"
+
+
+def test_url_and_tuple_before_the_command_as_the_docs_show(url: str) -> None:
+    assert shale_cmd("--url", url, "set", "-t", '["users", 42]', "alice").returncode == 0
+    assert shale_cmd("--url", url, "-t", "get", '["users", 42]').stdout == "alice\n"
+    assert shale_cmd("get", "--url", url, "-t", '["users", 42]').stdout == "alice\n"
+    assert shale_cmd("--url", url, "ls").stdout == "('users', 42)\talice\n"
+
+
+def test_url_help_names_the_default() -> None:
+    helped = shale_cmd("get", "--help").stdout
+    assert "else sqlite:///shale.db" in " ".join(helped.split())
+    assert "None" not in helped
+
+
+def test_serve_takes_the_url_before_the_command_too() -> None:
+    from shale.cli import build_parser
+
+    args = build_parser().parse_args(["--url", "memory://", "serve", "--token", "t"])
+    assert args.url == "memory://"
+    args = build_parser().parse_args(
+        ["--url", "memory://", "serve", "sqlite:///x.db", "--token", "t"]
+    )
+    assert args.url == "sqlite:///x.db", "the command's own URL wins"

@@ -99,12 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"shale {shale.__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--url", help="database URL (default: $SHALE_URL, else %(default)s)", default=None
-    )
-    common.add_argument(
-        "-t", "--tuple", action="store_true", help="keys are JSON arrays packed as tuples"
-    )
+    # Taken before the command and after it, as the docs show both: with no
+    # default, the command's parser does not overwrite what came before it.
+    for taker in (parser, common):
+        taker.add_argument(
+            "--url",
+            default=argparse.SUPPRESS,
+            help=f"database URL (default: $SHALE_URL, else {DEFAULT_URL})",
+        )
+        taker.add_argument(
+            "-t",
+            "--tuple",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="keys are JSON arrays packed as tuples",
+        )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     get = commands.add_parser("get", parents=[common], help="print the value of KEY")
     get.add_argument("key", metavar="KEY")
@@ -121,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace) -> int:
-    db = await shale.open(args.url)
+    db = await shale.open(getattr(args, "url", None))
+    args.tuple = getattr(args, "tuple", False)
     try:
         if args.command == "get":
             value = await db.get(parse_key(args.key, args.tuple))

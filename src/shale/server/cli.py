@@ -31,7 +31,7 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
             "shale.open('shale://HOST:PORT', token=TOKEN)."
         ),
     )
-    parser.add_argument("url", metavar="URL", nargs="?", default=None)
+    parser.add_argument("url", metavar="URL", nargs="?", default=argparse.SUPPRESS)
     parser.add_argument("--inmem", action="store_true", help="serve a new in-memory database")
     secret = parser.add_mutually_exclusive_group()
     secret.add_argument(
@@ -97,9 +97,10 @@ def _ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until a signal; the exit status."""
-    if args.inmem and args.url:
+    given = getattr(args, "url", None)  # positional, or --url before the command
+    if args.inmem and given:
         raise UsageError("give a URL or --inmem, not both")
-    url = "memory://" if args.inmem else args.url or os.environ.get("SHALE_URL") or DEFAULT_URL
+    url = "memory://" if args.inmem else given or os.environ.get("SHALE_URL") or DEFAULT_URL
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
