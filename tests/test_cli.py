@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shale.cli import build_parser, parse_bytes, show_bytes
 
@@ -131,3 +133,36 @@ def test_serve_takes_the_url_before_the_command_too() -> None:
         ["--url", "memory://", "serve", "sqlite:///x.db", "--token", "t"]
     )
     assert args.url == "sqlite:///x.db", "the command's own URL wins"
+
+
+@given(st.binary(max_size=64) | st.text(max_size=32).map(str.encode))
+def test_any_bytes_round_trip_through_what_is_shown(data: bytes) -> None:
+    assert parse_bytes(show_bytes(data)) == data
+
+
+def test_utf8_values_print_as_text(url: str) -> None:
+    assert shale_cmd("set", "--url", url, "city", "Zürich — 東京").returncode == 0
+    assert shale_cmd("get", "--url", url, "city").stdout == "Zürich — 東京\n"
+    assert show_bytes(b"tab\there\n") == "tab\\x09here\\x0a"
+
+
+def test_a_closed_pipe_ends_the_listing_quietly(url: str) -> None:
+    for i in range(3):
+        keys = [f"k{i}{j:04d}" for j in range(1000)]
+        script = "import shale, asyncio\n"
+        script += "async def main():\n"
+        script += f"    async with await shale.open({url!r}) as db:\n"
+        script += "        async with db.transaction() as tr:\n"
+        script += f"            for k in {keys!r}: tr.set(k.encode(), b'v' * 100)\n"
+        script += "asyncio.run(main())\n"
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "shale", "ls", "--url", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert listing.stdout is not None and listing.stderr is not None
+    listing.stdout.readline()
+    listing.stdout.close()  # as `head -1` does
+    assert listing.wait(timeout=60) == 0
+    assert listing.stderr.read() == b""

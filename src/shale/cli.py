@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -49,7 +50,23 @@ def parse_bytes(text: str) -> bytes:
 
 
 def show_bytes(data: bytes) -> str:
-    """The inverse of ``parse_bytes``: printable ASCII as is, the rest escaped."""
+    """The inverse of ``parse_bytes``: valid UTF-8 as text with only its
+    unprintable characters escaped (as their bytes), anything else as
+    printable ASCII with the rest escaped."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _show_raw(data)
+    return "".join(
+        "\\\\" if ch == "\\" else ch if ch.isprintable() else _escaped(ch.encode()) for ch in text
+    )
+
+
+def _escaped(data: bytes) -> str:
+    return "".join(f"\\x{b:02x}" for b in data)
+
+
+def _show_raw(data: bytes) -> str:
     out: list[str] = []
     pos = 0
     for match in _PRINTABLE.finditer(data):
@@ -175,6 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return run_serve(args)
         return asyncio.run(run(args))
+    except BrokenPipeError:
+        # The reader went away (`shale ls | head`): not an error. Python
+        # would complain again flushing stdout at exit, so point it at null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (CLIError, shale.ShaleError, ValueError, OSError) as exc:
         print(f"shale: {exc}", file=sys.stderr)
         return EXIT_ERROR
