@@ -82,7 +82,8 @@ def test_default_url_uses_shale_url(
     ("args", "message"),
     [
         (("get", "--url", "nosuch://x", "k"), "cannot open nosuch:// URLs"),
-        (("get", "--url", "sqlite:////no/such/dir/x.db", "k"), "No such file or directory"),
+        (("get", "--url", "sqlite:////no/such/dir/x.db", "k"), "no database at /no/such/dir/x.db"),
+        (("set", "--url", "sqlite:////no/such/dir/x.db", "k", "v"), "No such file or directory"),
         (("set", "--url", "memory://", "bad\\q", "v"), "bad escape"),
         (("set", "--url", "memory://", "-t", "[1,", "v"), "--tuple key is not JSON"),
         (("set", "--url", "memory://", "-t", '{"a": 1}', "v"), "must be a JSON array"),
@@ -166,3 +167,17 @@ def test_a_closed_pipe_ends_the_listing_quietly(url: str) -> None:
     listing.stdout.close()  # as `head -1` does
     assert listing.wait(timeout=60) == 0
     assert listing.stderr.read() == b""
+
+
+@pytest.mark.parametrize("command", [("get", "k"), ("ls",)])
+def test_reading_a_database_that_does_not_exist_creates_nothing(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    url = f"sqlite:///{tmp_path}/missing.db"
+    result = shale_cmd(*command, "--url", url)
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == f"shale: no database at {tmp_path}/missing.db (give --url, or set SHALE_URL)\n"
+    )
+    assert list(tmp_path.iterdir()) == []

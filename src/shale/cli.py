@@ -16,16 +16,21 @@ import re
 import sys
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import shale
 from shale import tuple as tuples
 from shale.core.database import DEFAULT_URL
+from shale.engines.sqlite import sqlite_path
 from shale.server.cli import add_serve_parser, run_serve
 
 __all__ = ["main"]
 
 _ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|\\)")
 _PRINTABLE = re.compile(rb"[\x20-\x5b\x5d-\x7e]+")
+
+_READ_ONLY = frozenset({"get", "ls"})
+"""Commands that must not create the database they read."""
 
 EXIT_NOT_FOUND = 1
 EXIT_ERROR = 2
@@ -147,7 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace) -> int:
-    db = await shale.open(getattr(args, "url", None))
+    url = getattr(args, "url", None) or os.environ.get("SHALE_URL") or DEFAULT_URL
+    if args.command in _READ_ONLY and urlsplit(url).scheme == "sqlite":
+        path = sqlite_path(url)
+        if not os.path.exists(path):  # opening it would create it
+            raise CLIError(f"no database at {path} (give --url, or set SHALE_URL)")
+    db = await shale.open(url)
     args.tuple = getattr(args, "tuple", False)
     try:
         if args.command == "get":
