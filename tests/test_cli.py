@@ -84,6 +84,10 @@ def test_default_url_uses_shale_url(
         (("get", "--url", "nosuch://x", "k"), "cannot open nosuch:// URLs"),
         (("get", "--url", "sqlite:////no/such/dir/x.db", "k"), "no database at /no/such/dir/x.db"),
         (("set", "--url", "sqlite:////no/such/dir/x.db", "k", "v"), "No such file or directory"),
+        (
+            ("serve", "memory://", "--token", "t", "--tls-cert", "/no.pem", "--tls-key", "/no.key"),
+            "--tls-cert /no.pem: no such file",
+        ),
         (("set", "--url", "memory://", "bad\\q", "v"), "bad escape"),
         (("set", "--url", "memory://", "-t", "[1,", "v"), "--tuple key is not JSON"),
         (("set", "--url", "memory://", "-t", '{"a": 1}', "v"), "must be a JSON array"),
@@ -181,3 +185,10 @@ def test_reading_a_database_that_does_not_exist_creates_nothing(
         == f"shale: no database at {tmp_path}/missing.db (give --url, or set SHALE_URL)\n"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_a_bad_port_is_a_usage_error_not_a_traceback(port: str) -> None:
+    result = shale_cmd("serve", "memory://", "--token", "t", "--port", port)
+    assert result.returncode == 2
+    assert "argument --port:" in result.stderr and "Traceback" not in result.stderr

@@ -39,7 +39,7 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     )
     secret.add_argument("--token", help="the token itself (other users can see it with ps)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help="port (%(default)s)")
     parser.add_argument("--tls-cert", type=Path, help="certificate chain (PEM) for TLS")
     parser.add_argument("--tls-key", type=Path, help="private key (PEM) for TLS")
     parser.add_argument(
@@ -77,6 +77,17 @@ def _token(args: argparse.Namespace) -> str:
     raise UsageError("a token is required: --token-file FILE, $SHALE_TOKEN or --token TOKEN")
 
 
+def _port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535; argparse words the error."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535; 0 picks a free one)")
+    return port
+
+
 def _ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
@@ -84,9 +95,22 @@ def _ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
         if args.tls_client_ca:
             raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
         return None
+    for option, path in (
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+        ("--tls-client-ca", args.tls_client_ca),
+    ):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"{option} {path}: no such file")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(args.tls_cert, args.tls_key)
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except ssl.SSLError as exc:
+        raise UsageError(
+            f"--tls-cert {args.tls_cert} / --tls-key {args.tls_key}: not a certificate "
+            f"chain and its key in PEM ({exc.reason or exc})"
+        ) from None
     if args.tls_client_ca:
         context.load_verify_locations(cafile=str(args.tls_client_ca))
         # Optional at the TLS layer, required by the server: a client
