@@ -555,3 +555,33 @@ async def test_a_transaction_of_a_closed_database_raises_database_closed(tmp_pat
         await asyncio.wait_for(reading.get(b"k"), 2)
     with pytest.raises(shale.DatabaseClosed):
         await asyncio.wait_for(fresh.commit(), 2)
+
+
+async def test_a_refused_second_open_keeps_the_first_ones_sqlite_locks(tmp_path: Path) -> None:
+    """POSIX locks belong to the process: closing any descriptor of the file
+    drops them all, SQLite's included. A refused second open must not open
+    one, or another program could take the database out of WAL mode under
+    the first."""
+    path = tmp_path / "held.db"
+    async with await shale.open(url_of(path)) as db:
+        await db.set(b"k", b"v")
+        reader = db.transaction()
+        assert await reader.get(b"k") == b"v"
+        with pytest.raises(shale.DatabaseLockedError, match="already open in this process"):
+            await shale.open(url_of(path))
+        other = textwrap.dedent(
+            f"""
+            import sqlite3
+            conn = sqlite3.connect({str(path)!r}, timeout=0, isolation_level=None)
+            try:
+                print(conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                print(exc)
+            """
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", other], capture_output=True, text=True, timeout=60
+        )
+        assert result.stdout.strip() == "database is locked"
+        reader.close()
+        assert await db.get(b"k") == b"v"

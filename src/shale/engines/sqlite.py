@@ -703,6 +703,16 @@ class _FileLock:
 
     def acquire(self) -> None:
         """Lock the database file, creating it empty if it does not exist."""
+        try:
+            status = os.stat(self.real)
+        except OSError:
+            pass
+        else:
+            if (status.st_dev, status.st_ino) in self._held:
+                # Refused before a descriptor of the file is opened: closing
+                # one would drop every POSIX lock this process holds on it,
+                # SQLite's own included (fcntl locks belong to the process).
+                raise self._refusal((status.st_dev, status.st_ino))
         fd = self._open(self.real, os.O_RDONLY | os.O_CREAT)
         status = os.fstat(fd)
         identity = (status.st_dev, status.st_ino)
